@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine (see README, Quick start):
+#   make demo   set up .venv if needed, then train the demo model on scikit-image photographs
+#   make test   set up .venv if needed, then run the whole test suite
+# Both are idempotent: set-up is skipped while setup.py and constraints.txt are unchanged.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.metasr-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast clean-venv
+
+setup: $(STAMP)
+
+# Order matters (README, Installation): torch first, then basicsr without build isolation (its
+# setup.py imports torch), then this package in editable mode.
+$(STAMP): setup.py constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -c constraints.txt torch torchvision
+	$(PIP) install -q -c constraints.txt --no-build-isolation basicsr
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[test]'
+	touch $@
+
+demo: setup
+	$(PY) -m metasr_arch.train -opt options/train/demo_MetaRDN.yml
+
+test: setup
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS) tests
+
+test-fast: setup
+	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS) tests
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,4 @@
+"""Importing this package registers every ``*_model.py`` module's classes in BasicSR's registries."""
+from metasr_arch.utils.imports import import_submodules
+
+import_submodules(__name__, __path__, '_model')

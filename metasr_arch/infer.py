@@ -271,8 +271,12 @@ def read_sample(path: Union[str, Path]) -> Sample:
     return Sample(data, None if alpha is None else torch.from_numpy(alpha)[None], 'image', depth)
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    # Write then rename, so an interrupted run never leaves a truncated output behind.
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to a hidden temporary file beside ``path``, then rename it into place.
+
+    A run killed mid-write never leaves a truncated file under the final name, which is what lets
+    reruns of the data tools treat an existing file as finished.
+    """
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     with open(tmp, 'wb') as f:
         f.write(payload)
@@ -292,7 +296,7 @@ def write_sample(sample: Sample, data: torch.Tensor, alpha: Optional[torch.Tenso
         import io
         buf = io.BytesIO()
         np.save(buf, out[0] if sample.squeeze else out)
-        _atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue())
         return path
     top = _DEPTH_MAX[sample.depth]
     img = data.clamp(0, 1).permute(1, 2, 0).numpy()
@@ -307,7 +311,7 @@ def write_sample(sample: Sample, data: torch.Tensor, alpha: Optional[torch.Tenso
     ok, encoded = cv2.imencode('.png', img)
     if not ok:
         raise ValueError(f'cannot encode {path} as PNG')
-    _atomic_write_bytes(path, encoded.tobytes())
+    atomic_write_bytes(path, encoded.tobytes())
     return path
 
 

@@ -56,6 +56,8 @@ CASES: Dict[str, Case] = {c.name: c for c in [
     Case('train_x1.3x1.7', 16, 64, 3, 48, 48, scale=(1.3, 1.7)),
     Case('infer_256_x4', 1, 64, 3, 256, 256, scale=(4.0, 4.0)),
     Case('grid_96x144_to_721x1440', 1, 156, 1, 96, 144, out_size=(721, 1440)),
+    # phases that never repeat on either axis: the phase table would be as large as per-pixel weights
+    Case('grid_96x144_to_721x1439', 1, 156, 1, 96, 144, out_size=(721, 1439)),
 ]}
 IMPLS = ['im2col', 'gather', 'phase']
 

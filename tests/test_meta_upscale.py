@@ -163,3 +163,22 @@ def test_empty_batch():
     m = MetaUpsample(3, 3)
     out = m(torch.zeros(0, 3, 5, 5), scale=2.5)
     assert out.shape == (0, 3, 12, 12)
+
+
+@pytest.mark.parametrize('out_size', [(17, 23), (13, 9)])
+def test_row_blocks_for_non_repeating_phases(monkeypatch, out_size):
+    """With a tiny table budget the phase path works in checkpointed row blocks: same values and grads."""
+    import metasr_arch.archs.meta_upsample_arch as mua
+    torch.manual_seed(7)
+    m = MetaUpsample(3, 2, 3, hidden_channels=8, impl='phase').double()
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    ref, _ = _ref_for(m, x, {'out_size': out_size})
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad((ref * g).sum(), [x, *m.parameters()])
+    per_pair = 8 * (m.pos2weight.meta_block[2].out_features + 16)
+    monkeypatch.setattr(mua, 'TABLE_BUDGET_BYTES', per_pair * out_size[1] * 3)  # 3 rows per block
+    out = m(x, out_size=out_size)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-9)
+    grads = torch.autograd.grad((out * g).sum(), [x, *m.parameters()])
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)

@@ -1,12 +1,24 @@
 """The Meta-SR upscaling head: Pos2Weight (weight prediction) and MetaUpsample (head module)."""
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from metasr_arch.ops.geometry import ScaleArg, SizeArg, axis_projection, position_encoding, resolve_scale
+from metasr_arch.ops.geometry import (AxisProjection, ScaleArg, ScaleSpec, SizeArg, axis_projection, position_encoding,
+                                      resolve_scale)
 from metasr_arch.ops.meta_upscale import (check_input, meta_upscale_im2col, per_pixel_projection, phase_table_conv,
                                           resolve_impl)
 
 MODULE_IMPLS = ('auto', 'im2col', 'gather', 'phase', 'cuda')
+# Largest phase table (weights + the MLP's hidden layer) built at once. Scales whose phases do not
+# repeat (e.g. out_size 721x1439 from 96x144) would otherwise build a table as large as per-pixel
+# weights; above this size the output is produced in row blocks whose tables are recomputed in backward.
+TABLE_BUDGET_BYTES = 128 * 2**20
+
+
+def _row_block(rows: AxisProjection, r0: int, r1: int) -> AxisProjection:
+    """Projection of output rows [r0, r1) with the phases renumbered to those the block uses."""
+    used, local = torch.unique(rows.phase_index[r0:r1], sorted=True, return_inverse=True)
+    return AxisProjection(rows.lr_index[r0:r1], local, rows.phases[used], rows.frac[r0:r1])
 
 
 class Pos2Weight(nn.Module):
@@ -96,17 +108,46 @@ class MetaUpsample(nn.Module):
         cols = axis_projection(x.shape[3], spec.out_w, spec.r_h, x.device)
         param = self.pos2weight.meta_block[0].weight
         dtype = x.dtype if x.dtype == param.dtype else param.dtype
-        per_pixel = impl in ('im2col', 'gather')
-        pos = position_encoding(rows, cols, spec.r_v, spec.r_h, per_pixel=per_pixel, dtype=dtype)
-        weights = self.pos2weight(pos).to(x.dtype)
-        if impl == 'im2col':
+        if impl in ('im2col', 'gather'):
+            pos = position_encoding(rows, cols, spec.r_v, spec.r_h, per_pixel=True, dtype=dtype)
+            weights = self.pos2weight(pos).to(x.dtype)
             table = weights.view(spec.out_h, spec.out_w, k, k, self.in_channels, self.out_channels)
-            return meta_upscale_im2col(x, table, rows, cols, k)
-        if impl == 'gather':
-            table = weights.view(spec.out_h, spec.out_w, k, k, self.in_channels, self.out_channels)
+            if impl == 'im2col':
+                return meta_upscale_im2col(x, table, rows, cols, k)
             return phase_table_conv(x, table, per_pixel_projection(rows), per_pixel_projection(cols), mode='pixel')
-        table = weights.view(rows.phases.numel(), cols.phases.numel(), k, k, self.in_channels, self.out_channels)
+        return self._phase_forward(x, rows, cols, spec, impl, dtype)
+
+    def _phase_table(self, rows: AxisProjection, cols: AxisProjection, spec: ScaleSpec,
+                     dtype: torch.dtype) -> torch.Tensor:
+        """(Pv, Ph, k, k, C_in, C_out) weights of the distinct phase pairs."""
+        pos = position_encoding(rows, cols, spec.r_v, spec.r_h, dtype=dtype)
+        k = self.kernel_size
+        return self.pos2weight(pos).view(rows.phases.numel(), cols.phases.numel(), k, k, self.in_channels,
+                                         self.out_channels)
+
+    def _apply_table(self, x: torch.Tensor, table: torch.Tensor, rows: AxisProjection, cols: AxisProjection,
+                     impl: str) -> torch.Tensor:
+        table = table.to(x.dtype)
         if impl == 'cuda':
             from metasr_arch.ops import native
             return native.table_conv(x, table, rows, cols)
         return phase_table_conv(x, table, rows, cols)
+
+    def _phase_forward(self, x: torch.Tensor, rows: AxisProjection, cols: AxisProjection, spec: ScaleSpec,
+                       impl: str, dtype: torch.dtype) -> torch.Tensor:
+        elem = torch.finfo(dtype).bits // 8
+        per_pair = elem * (self.pos2weight.meta_block[2].out_features + 2 * self.pos2weight.hidden_channels)
+        ph = cols.phases.numel()
+        if rows.phases.numel() * ph * per_pair <= TABLE_BUDGET_BYTES:
+            return self._apply_table(x, self._phase_table(rows, cols, spec, dtype), rows, cols, impl)
+        # Each output row adds at most one row phase, so a block of this many rows stays in budget.
+        step = max(1, TABLE_BUDGET_BYTES // (ph * per_pair))
+
+        def block(inp: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+            sub = _row_block(rows, r0, r1)
+            return self._apply_table(inp, self._phase_table(sub, cols, spec, dtype), sub, cols, impl)
+
+        # checkpoint: backward recomputes each block's table instead of keeping all of them alive
+        outs = [checkpoint(block, x, r0, min(r0 + step, spec.out_h), use_reentrant=False)
+                for r0 in range(0, spec.out_h, step)]
+        return torch.cat(outs, dim=2)

@@ -13,8 +13,9 @@ network really had. Every column shows the same HR window (``--crop Y X H W``, d
 square), enlarged by ``--zoom`` with nearest neighbours. Each row gets a label strip with the scale and
 PSNR (Y channel, ``ceil(r)`` border, whole image) of bicubic and of the model.
 
-Grid size, exactly: width ``4 * W * zoom + 5 * pad``, height ``n_scales * (label + H * zoom) +
-(n_scales + 1) * pad`` where ``label`` is 16 pixels (0 with ``--no-labels``).
+Grid size, exactly: width ``4 * W * zoom + 5 * pad``, height ``label + n_scales * (label + H * zoom)
++ (n_scales + 1) * pad`` where ``label`` is 16 pixels (0 with ``--no-labels``): a header strip with the
+column names, then per row a label strip and the cells.
 """
 import argparse
 import math
@@ -45,7 +46,9 @@ def grid_size(n_scales: int, crop_hw: Tuple[int, int], zoom: int = 1, pad: int =
     """(height, width) of the grid image (see the module docstring)."""
     ch, cw = crop_hw
     label = LABEL_H if labels else 0
-    return n_scales * (label + ch * zoom) + (n_scales + 1) * pad, len(COLUMNS) * cw * zoom + (len(COLUMNS) + 1) * pad
+    # one header strip with the column names, then per row a label strip and the cells
+    return label + n_scales * (label + ch * zoom) + (n_scales + 1) * pad, \
+        len(COLUMNS) * cw * zoom + (len(COLUMNS) + 1) * pad
 
 
 def nearest_upsample(lr: torch.Tensor, out_h: int, out_w: int, r_v: float, r_h: float) -> torch.Tensor:
@@ -91,6 +94,11 @@ def compose_grid(rows: Sequence[Tuple[str, List[np.ndarray]]], crop: Tuple[int, 
     gh, gw = grid_size(len(rows), (ch, cw), zoom, pad, labels)
     canvas = np.full((gh, gw, 3), 255, np.uint8)
     top = pad
+    if labels:
+        for col, name in enumerate(COLUMNS):
+            cv2.putText(canvas, name, (pad + col * (cw * zoom + pad), top + LABEL_H - 4), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        top += LABEL_H
     for text, panels in rows:
         if labels:
             cv2.putText(canvas, text, (pad, top + LABEL_H - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
@@ -168,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     grid = compose_grid(rows, crop, args.zoom, args.pad, not args.no_labels)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(args.out, grid)
+    cv2.imwrite(args.out, grid, [cv2.IMWRITE_PNG_COMPRESSION, 9])  # README pictures stay small
     print(f'wrote {args.out} ({grid.shape[1]}x{grid.shape[0]}); columns: {", ".join(COLUMNS)}', file=sys.stderr)
     return 0
 

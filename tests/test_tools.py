@@ -192,9 +192,9 @@ def test_visual_compare_grid_size_and_cells(tmp_path):
                         '2x3.5', '--crop', *map(str, crop), '--zoom', '2', '--pad', '3', '--out', str(out)]) == 0
     grid = cv2.imread(str(out))
     assert grid.shape[:2] == visual.grid_size(3, (12, 14), zoom=2, pad=3) == (
-        3 * (visual.LABEL_H + 24) + 4 * 3, 4 * 28 + 5 * 3)
+        visual.LABEL_H + 3 * (visual.LABEL_H + 24) + 4 * 3, 4 * 28 + 5 * 3)
     # the GT cell of the first row is the GT window, enlarged 2x with nearest neighbours
-    top, left = 3 + visual.LABEL_H, 3 + 3 * (28 + 3)
+    top, left = 3 + 2 * visual.LABEL_H, 3 + 3 * (28 + 3)  # below the header and the row's label
     cell = grid[top:top + 24, left:left + 28]
     np.testing.assert_array_equal(cell, np.repeat(np.repeat(gt[4:16, 6:20], 2, 0), 2, 1))
     # the bicubic cell: BasicSR's imresize of the x2 LR (40x44 is divisible by 2, so sizes agree)
@@ -209,6 +209,14 @@ def test_visual_compare_nearest_follows_projection():
     up = visual.nearest_upsample(lr, 5, 7, 2.5, 2.5)
     rows, cols = [int(i / 2.5) for i in range(5)], [int(j / 2.5) for j in range(7)]
     np.testing.assert_array_equal(up[0].numpy(), lr[0].numpy()[rows][:, cols])
+
+
+def test_visual_compare_grid_without_labels_is_exact(tmp_path):
+    panels = [np.full((20, 30, 3), v, np.uint8) for v in (10, 20, 30, 40)]
+    grid = visual.compose_grid([('a', panels), ('b', panels)], (2, 3, 5, 6), zoom=3, pad=0, labels=False)
+    assert grid.shape == (2 * 15, 4 * 18, 3) == visual.grid_size(2, (5, 6), 3, 0, False) + (3,)
+    for col, v in enumerate((10, 20, 30, 40)):
+        assert (grid[:, col * 18:(col + 1) * 18] == v).all()
 
 
 def test_visual_compare_rejects_crop_outside(tmp_path, capsys):
@@ -266,3 +274,15 @@ def test_documented_tool_commands_parse():
         if tool in ('scripts/data/generate_multiscale_lr.py', 'scripts/visual_compare.py'):
             from metasr_arch.infer import parse_scale_text
             [parse_scale_text(s) for s in parser.parse_args(args).scales]
+
+
+def test_readme_python_snippets_run():
+    """The README's Python examples run as written (``features`` is the one name they assume)."""
+    text = (ROOT / 'README.md').read_text(encoding='utf-8')
+    blocks = re.findall(r'```python\n(.*?)```', text, re.S)
+    assert blocks, 'the README shows the operator API in a python block'
+    for block in blocks:
+        scope = {'features': torch.randn(1, 64, 6, 5)}
+        exec(compile(block, 'README.md', 'exec'), scope)  # noqa: S102 (our own documentation)
+        if 'y' in scope:  # the operator example: its last call asked for exactly 721 x 1440
+            assert tuple(scope['y'].shape) == (1, 3, 721, 1440)

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from metasr_arch.archs.meta_upsample_arch import MODULE_IMPLS, MetaUpsample
 from metasr_arch.ops.geometry import parse_scale, resolve_scale
 from metasr_arch.utils.resize import imresize_to
 
@@ -199,6 +200,18 @@ def load_network(opt: Optional[str] = None, ckpt: Optional[str] = None, param_ke
     state, key = select_params(checkpoint, param_key, ckpt)
     net = build_and_load(network_opt, state, source=f'--ckpt {ckpt} [{key}]')
     return net.to(device)
+
+
+def set_impl(net: nn.Module, impl: str) -> int:
+    """Set ``impl`` on every MetaUpsample of ``net`` (a GPU-trained 'cuda' model run on a CPU, say).
+
+    Returns:
+        the number of heads changed.
+    """
+    heads = [m for m in net.modules() if isinstance(m, MetaUpsample)]
+    for head in heads:
+        head.impl = impl
+    return len(heads)
 
 
 def network_channels(net: nn.Module) -> int:
@@ -405,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--tile-overlap', type=int, default=8, help='tile overlap in input pixels (default: 8)')
     p.add_argument('--fp16', action='store_true', help='half-precision autocast (CUDA only)')
     p.add_argument('--device', default='auto', help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument('--impl', default=None, choices=MODULE_IMPLS,
+                   help="operator implementation of every MetaUpsample (default: the checkpoint's, e.g. 'auto')")
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     return p
 
@@ -443,6 +458,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, requests, device = parse_args(argv)
     try:
         net = load_network(args.opt, args.ckpt, args.param_key, device)
+        if args.impl is not None and not set_impl(net, args.impl):
+            raise ValueError(f'--impl {args.impl}: the network has no MetaUpsample head')
         channels = network_channels(net)
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)

@@ -241,6 +241,31 @@ def test_checkpoint_errors(tmp_path, ckpt, capsys):
     assert 'not a readable PyTorch checkpoint' in capsys.readouterr().err
 
 
+def test_impl_option_gives_the_same_image(tmp_path, ckpt):
+    img = rgb_image(11, 13)
+    cv2.imwrite(str(tmp_path / 'a.png'), img)
+    outs = {}
+    for impl in ('im2col', 'phase'):
+        assert run_cli(tmp_path / 'a.png', '--ckpt', ckpt, '--scale', '2.5', '--impl', impl, '-o', tmp_path / impl) == 0
+        outs[impl] = cv2.imread(str(tmp_path / impl / 'a_X2.50.png')).astype(int)
+    assert np.abs(outs['im2col'] - outs['phase']).max() <= 1
+    assert np.abs(outs['phase'] - expected(make_net(1), img, scale=2.5).astype(int)).max() <= 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='--fp16 needs a CUDA device')
+def test_fp16_on_cuda_close_to_float32(tmp_path, ckpt):
+    img = rgb_image(32, 30)
+    cv2.imwrite(str(tmp_path / 'a.png'), img)
+    for flag, out in (([], 'f32'), (['--fp16'], 'f16')):
+        assert main([str(tmp_path / 'a.png'), '--ckpt', str(ckpt), '--scale', '3', '--device', 'cuda', '--quiet',
+                     '-o', str(tmp_path / out)] + flag) == 0
+    f32 = cv2.imread(str(tmp_path / 'f32' / 'a_X3.00.png')).astype(int)
+    f16 = cv2.imread(str(tmp_path / 'f16' / 'a_X3.00.png')).astype(int)
+    assert np.abs(f32 - expected(make_net(1), img, scale=3).astype(int)).max() <= 1
+    assert np.abs(f32 - f16).max() <= 3
+
+
 def test_tiled_inference_matches_whole_image(tmp_path, ckpt):
     pytest.importorskip('metasr_arch.utils.tiling', reason='tiled_forward not merged yet')
     img = rgb_image(24, 20)

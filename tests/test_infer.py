@@ -13,14 +13,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from basicsr.utils.matlab_functions import imresize as basicsr_imresize
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from metasr_arch.archs import MetaUpsample
 from metasr_arch.infer import main, parse_scale_text, parse_size_text, scale_tag
-from metasr_arch.ops.geometry import resolve_scale
+from metasr_arch.ops.geometry import axis_projection, resolve_scale
 from metasr_arch.utils.registry import register
 
 
@@ -39,8 +38,11 @@ class InferTinyNet(nn.Module):
 
     def forward(self, x, scale=None, out_size=None):
         spec = resolve_scale(x.shape[2], x.shape[3], scale, out_size)
-        skip = F.interpolate(x, size=(spec.out_h, spec.out_w), mode='nearest')
-        return skip + 0.1 * self.upsample(self.conv(x), out_size=(spec.out_h, spec.out_w))
+        # nearest skip through the operator's own projection floor(i / r), so tiles see the same skip
+        rows = axis_projection(x.shape[2], spec.out_h, spec.r_v, x.device).lr_index
+        cols = axis_projection(x.shape[3], spec.out_w, spec.r_h, x.device).lr_index
+        skip = x[:, :, rows][:, :, :, cols]
+        return skip + 0.1 * self.upsample(self.conv(x), scale=(spec.r_v, spec.r_h))
 
 
 NET_OPT = {'type': 'InferTinyNet', 'num_in_ch': 3, 'num_feat': 4, 'hidden_channels': 8}
@@ -264,6 +266,25 @@ def test_fp16_on_cuda_close_to_float32(tmp_path, ckpt):
     f16 = cv2.imread(str(tmp_path / 'f16' / 'a_X3.00.png')).astype(int)
     assert np.abs(f32 - expected(make_net(1), img, scale=3).astype(int)).max() <= 1
     assert np.abs(f32 - f16).max() <= 3
+
+
+def test_tile_options_reach_tiled_forward(tmp_path, ckpt, monkeypatch):
+    """The CLI hands --tile/--tile-overlap and the request to tiled_forward (stand-in module)."""
+    import types
+    calls = []
+
+    def fake_tiled_forward(net, x, scale=None, out_size=None, tile=None, overlap=0):
+        calls.append((tuple(x.shape), scale, out_size, tile, overlap))
+        return net(x, scale=scale, out_size=out_size)
+
+    monkeypatch.setitem(sys.modules, 'metasr_arch.utils.tiling',
+                        types.SimpleNamespace(tiled_forward=fake_tiled_forward))
+    cv2.imwrite(str(tmp_path / 'a.png'), rgb_image(9, 10))
+    assert run_cli(tmp_path / 'a.png', '--ckpt', ckpt, '--scale', '2x3', '--size', '20x21', '--tile', '6',
+                   '--tile-overlap', '2', '-o', tmp_path) == 0
+    assert calls == [((1, 3, 9, 10), (2.0, 3.0), None, 6, 2), ((1, 3, 9, 10), None, (20, 21), 6, 2)]
+    assert run_cli(tmp_path / 'a.png', '--ckpt', ckpt, '--scale', '2', '-o', tmp_path) == 0
+    assert len(calls) == 2  # no --tile: the whole image in one call
 
 
 def test_tiled_inference_matches_whole_image(tmp_path, ckpt):

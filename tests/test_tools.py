@@ -6,7 +6,6 @@ themselves for the plotted curves (read back from the matplotlib Figure objects)
 """
 import importlib.util
 import json
-import os
 import re
 import shlex
 import subprocess

@@ -340,7 +340,9 @@ def run_network(net: nn.Module, x: torch.Tensor, scale=None, out_size=None, tile
     """
     spec = resolve_scale(x.shape[-2], x.shape[-1], scale, out_size)
     autocast = torch.autocast('cuda', dtype=torch.float16) if fp16 else nullcontext()
-    with torch.inference_mode(), autocast:
+    # no_grad rather than inference_mode: the operator caches index tensors (geometry.axis_projection)
+    # across calls, and a tensor created under inference_mode would break later training in the process.
+    with torch.no_grad(), autocast:
         if tile:
             from metasr_arch.utils.tiling import tiled_forward
             y = tiled_forward(net, x, scale=scale, out_size=out_size, tile=tile, overlap=tile_overlap)

@@ -182,3 +182,13 @@ def test_row_blocks_for_non_repeating_phases(monkeypatch, out_size):
     grads = torch.autograd.grad((out * g).sum(), [x, *m.parameters()])
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_cached_geometry_created_in_inference_mode_still_supports_autograd():
+    m = MetaUpsample(2, 1, hidden_channels=4)
+    x = torch.randn(1, 2, 11, 13)
+    with torch.inference_mode():
+        m(x, scale=(3.3, 2.9))  # first call fills the caches
+    out = m(x.requires_grad_(), scale=(3.3, 2.9))
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -125,6 +125,13 @@ def resolve_scale(in_h: int, in_w: int, scale: ScaleArg = None, out_size: SizeAr
 
 @lru_cache(maxsize=512)
 def _axis_projection_cpu(in_len: int, out_len: int, r: float) -> AxisProjection:
+    # Cached tensors outlive the caller's mode: never create them as inference tensors, or a later
+    # autograd call that saves them for backward fails.
+    with torch.inference_mode(False):
+        return _compute_axis_projection(in_len, out_len, r)
+
+
+def _compute_axis_projection(in_len: int, out_len: int, r: float) -> AxisProjection:
     t = torch.arange(out_len, dtype=torch.float64) / r
     lr = torch.floor(t + EPS)
     frac = (t - lr).clamp_(min=0.0)
@@ -140,7 +147,8 @@ def _axis_projection_cpu(in_len: int, out_len: int, r: float) -> AxisProjection:
 @lru_cache(maxsize=512)
 def _axis_projection_on(in_len: int, out_len: int, r: float, device: str) -> AxisProjection:
     cpu = _axis_projection_cpu(in_len, out_len, r)
-    return AxisProjection(*(t.to(device) for t in cpu))
+    with torch.inference_mode(False):
+        return AxisProjection(*(t.to(device) for t in cpu))
 
 
 def axis_projection(in_len: int, out_len: int, r: float, device: Optional[torch.device] = None) -> AxisProjection:

@@ -28,6 +28,12 @@ def _mirror(u: torch.Tensor, length: int) -> torch.Tensor:
 
 @lru_cache(maxsize=256)
 def _matrix_cpu(in_len: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
+    # cached: never an inference tensor, whatever mode the first caller runs in
+    with torch.inference_mode(False):
+        return _build_matrix(in_len, out_len, scale, antialias)
+
+
+def _build_matrix(in_len: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
     weights, indices, sym_len_s, _ = calculate_weights_indices(in_len, out_len, scale, 'cubic', 4, antialias)
     # indices are positions in BasicSR's padded copy (sym_len_s mirrored pixels in front); the taps of
     # output i are the contiguous padded positions indices[i, 0] + m.
@@ -42,7 +48,8 @@ def _matrix_cpu(in_len: int, out_len: int, scale: float, antialias: bool) -> tor
 @lru_cache(maxsize=256)
 def _matrix_on(in_len: int, out_len: int, scale: float, antialias: bool, device: str,
                dtype: torch.dtype) -> torch.Tensor:
-    return _matrix_cpu(in_len, out_len, scale, antialias).to(device=device, dtype=dtype)
+    with torch.inference_mode(False):
+        return _matrix_cpu(in_len, out_len, scale, antialias).to(device=device, dtype=dtype)
 
 
 def resize_matrix(in_len: int, out_len: int, scale: Optional[float] = None, antialias: bool = True,

@@ -30,7 +30,7 @@ def _ref_for(module, x, kw):
     return naive_meta_upscale(x, weight, s.r_v, s.r_h, s.out_h, s.out_w, k), weight
 
 
-@pytest.mark.parametrize('impl', ['im2col', 'gather', 'phase'])
+@pytest.mark.parametrize('impl', ['im2col', 'gather', 'phase', 'factorized'])
 @pytest.mark.parametrize('h,w,spec,k', CASES)
 @pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-6), (torch.float32, 1e-4)])
 def test_module_matches_naive(impl, h, w, spec, k, dtype, tol):
@@ -74,7 +74,7 @@ def test_phase_table_modes_gradcheck(mode, h, w, spec, k):
                                     fast_mode=True)
 
 
-@pytest.mark.parametrize('impl', ['im2col', 'gather', 'phase'])
+@pytest.mark.parametrize('impl', ['im2col', 'gather', 'phase', 'factorized'])
 def test_module_gradients_match_naive(impl):
     """Gradients of x and of every Pos2Weight parameter equal those through the naive loop."""
     torch.manual_seed(3)
@@ -89,7 +89,7 @@ def test_module_gradients_match_naive(impl):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize('impl', ['gather', 'phase'])
+@pytest.mark.parametrize('impl', ['gather', 'phase', 'factorized'])
 def test_gradcheck_through_module(impl):
     torch.manual_seed(4)
     m = MetaUpsample(2, 1, 3, hidden_channels=4, impl=impl).double()
@@ -111,7 +111,7 @@ def test_non_contiguous_and_batch_one():
     x = base.permute(0, 2, 3, 1)[..., :5]  # (1, 3, 6, 5), non-contiguous
     assert not x.is_contiguous()
     ref, _ = _ref_for(m, x.contiguous(), {'scale': (1.5, 2.2)})
-    for impl in ('phase', 'gather', 'im2col'):
+    for impl in ('phase', 'gather', 'im2col', 'factorized'):
         m.impl = impl
         torch.testing.assert_close(m(x, scale=(1.5, 2.2)), ref, rtol=1e-6, atol=1e-9)
 
@@ -166,9 +166,13 @@ def test_empty_batch():
 
 
 @pytest.mark.parametrize('out_size', [(17, 23), (13, 9)])
-def test_row_blocks_for_non_repeating_phases(monkeypatch, out_size):
-    """With a tiny table budget the phase path works in checkpointed row blocks: same values and grads."""
+@pytest.mark.parametrize('route', ['factorized', 'row_blocks'])
+def test_over_budget_tables(monkeypatch, out_size, route):
+    """Over the table budget, 'phase' goes factorised and 'cuda' to checkpointed row blocks: same values/grads."""
     import metasr_arch.archs.meta_upsample_arch as mua
+    if route == 'row_blocks':  # exercise the block path on the CPU by standing in for the native op
+        monkeypatch.setattr(mua, 'resolve_impl', lambda impl, device, allowed: 'cuda')
+        monkeypatch.setattr('metasr_arch.ops.native.table_conv', lambda x, t, r, c: phase_table_conv(x, t, r, c))
     torch.manual_seed(7)
     m = MetaUpsample(3, 2, 3, hidden_channels=8, impl='phase').double()
     x = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)

@@ -5,13 +5,15 @@ from torch.utils.checkpoint import checkpoint
 
 from metasr_arch.ops.geometry import (AxisProjection, ScaleArg, ScaleSpec, SizeArg, axis_projection, position_encoding,
                                       resolve_scale)
+from metasr_arch.ops.factorized import factorized_meta_upscale
 from metasr_arch.ops.meta_upscale import (check_input, meta_upscale_im2col, per_pixel_projection, phase_table_conv,
                                           resolve_impl)
 
-MODULE_IMPLS = ('auto', 'im2col', 'gather', 'phase', 'cuda')
+MODULE_IMPLS = ('auto', 'im2col', 'gather', 'phase', 'factorized', 'cuda')
 # Largest phase table (weights + the MLP's hidden layer) built at once. Scales whose phases do not
 # repeat (e.g. out_size 721x1439 from 96x144) would otherwise build a table as large as per-pixel
-# weights; above this size the output is produced in row blocks whose tables are recomputed in backward.
+# weights; above this size 'phase' switches to the factorised form (no table at all), and 'cuda'
+# produces the output in row blocks whose tables are recomputed in backward.
 TABLE_BUDGET_BYTES = 128 * 2**20
 
 
@@ -66,7 +68,8 @@ class MetaUpsample(nn.Module):
         out_channels: C_out of the output (3 for RGB, 1 for gridded data).
         kernel_size: k of the predicted kernels (odd).
         hidden_channels: Pos2Weight hidden width.
-        impl: 'auto' (fastest valid for the device), 'phase' (memory-efficient phase table),
+        impl: 'auto' (fastest valid for the device), 'phase' (memory-efficient phase table; switches to
+            'factorized' when phases do not repeat), 'factorized' (through the MLP's last layer),
             'gather' (per-pixel weights, chunked custom backward), 'im2col' (paper-faithful reference)
             or 'cuda' (native op). Settable after construction.
 
@@ -115,6 +118,9 @@ class MetaUpsample(nn.Module):
             if impl == 'im2col':
                 return meta_upscale_im2col(x, table, rows, cols, k)
             return phase_table_conv(x, table, per_pixel_projection(rows), per_pixel_projection(cols), mode='pixel')
+        if impl == 'factorized':
+            return factorized_meta_upscale(x, self.pos2weight.meta_block, rows, cols, spec.r_v, spec.r_h, k,
+                                           self.out_channels)
         return self._phase_forward(x, rows, cols, spec, impl, dtype)
 
     def _phase_table(self, rows: AxisProjection, cols: AxisProjection, spec: ScaleSpec,
@@ -140,6 +146,9 @@ class MetaUpsample(nn.Module):
         ph = cols.phases.numel()
         if rows.phases.numel() * ph * per_pair <= TABLE_BUDGET_BYTES:
             return self._apply_table(x, self._phase_table(rows, cols, spec, dtype), rows, cols, impl)
+        if impl == 'phase':
+            return factorized_meta_upscale(x, self.pos2weight.meta_block, rows, cols, spec.r_v, spec.r_h,
+                                           self.kernel_size, self.out_channels)
         # Each output row adds at most one row phase, so a block of this many rows stays in budget.
         step = max(1, TABLE_BUDGET_BYTES // (ph * per_pair))
 

@@ -54,7 +54,7 @@ def register_native_impl(name: str, is_available: Callable[[torch.device], bool]
 def available_impls(device=None) -> List[str]:
     """Implementation names usable on ``device`` (default CPU). Always includes ``'im2col'``."""
     device = torch.device('cpu') if device is None else torch.device(device)
-    names = ['im2col', 'gather', 'phase']
+    names = ['im2col', 'gather', 'phase', 'factorized']
     for name, is_available in _NATIVE_AVAILABILITY.items():
         try:
             if is_available(device):

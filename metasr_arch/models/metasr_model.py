@@ -1,0 +1,533 @@
+"""MetaSRModel: BasicSR's SRModel trained and evaluated at arbitrary (r_v, r_h).
+
+Training: the dataset yields GT patches (``MetaSRGTDataset``); every batch gets one scale from the
+``train.scale_sampler`` (a pure function of ``manual_seed`` and the iteration), the GT is cropped to
+exactly the output size of a fixed LR patch (``train.lr_patch_size``) at that scale, and the LR is
+made from that crop with MATLAB-compatible bicubic (``imresize_to``) on the model's device.
+Pre-generated pairs (a batch with ``lq``, ``gt`` and ``scale``) are used as they are.
+
+Validation/test: every val dataset at every ``val.scales`` entry (or pre-generated pairs at their
+own scales); PSNR/SSIM per scale (Y channel, ``ceil(r)`` border per axis by default) beside the
+bicubic baseline, best value per (dataset, scale), one JSON line per (dataset, scale) appended to
+``metrics.jsonl`` and a markdown PSNR table (``psnr_table.md``) in the experiment/results folder.
+Every option is described in ``docs/training.md``.
+
+Overridable steps (a GAN subclass keeps them): ``draw_scale``, ``synthesize_lq``, ``feed_data``,
+``net_forward``, ``optimize_parameters``, ``current_scale``.
+"""
+import json
+import math
+import os
+import time
+from collections import OrderedDict
+from copy import deepcopy
+from os import path as osp
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from basicsr.metrics import calculate_metric
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger, imwrite, tensor2img
+from basicsr.utils.dist_util import master_only
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from metasr_arch.ops.geometry import parse_scale, resolve_scale
+from metasr_arch.utils.registry import register
+from metasr_arch.utils.resize import imresize_to
+from metasr_arch.utils.scale_sampler import build_scale_sampler, parse_scale_list
+from metasr_arch.utils.tiling import tiled_forward
+
+Scale = Tuple[float, float]
+DEFAULT_METRICS = OrderedDict([
+    ('psnr', {'type': 'calculate_psnr', 'crop_border': 'auto', 'test_y_channel': True}),
+    ('ssim', {'type': 'calculate_ssim', 'crop_border': 'auto', 'test_y_channel': True}),
+])
+
+
+# --------------------------------------------------------------------------- helpers
+def scale_tag(r_v: float, r_h: float) -> str:
+    """``X2.50`` (symmetric) or ``X2.00_X3.50`` (r_v x r_h), as the benchmark folders and the CLI."""
+    from metasr_arch.infer import scale_tag as _tag  # one naming rule for the whole project
+    return _tag(r_v, r_h)
+
+
+def plain(obj):
+    """Options (OrderedDicts from BasicSR's YAML loader) as plain dicts/lists, loadable with weights_only."""
+    return json.loads(json.dumps(obj))
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then ``os.replace``.
+
+    A process killed during the write leaves the previous file under ``path`` intact.
+    """
+    tmp = osp.join(osp.dirname(path) or '.', f'.{osp.basename(path)}.{os.getpid()}.tmp')
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+def _pair(value, name: str) -> Tuple[int, int]:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        h, w = value
+    else:
+        h = w = value
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (h, w)):
+        raise ValueError(f'{name} must be a positive int or a pair [h, w] of positive ints, got {value!r}')
+    return int(h), int(w)
+
+
+def _border(crop_border, scale: Scale) -> Tuple[int, int]:
+    if crop_border is None or crop_border == 'auto':
+        return math.ceil(scale[0] - 1e-9), math.ceil(scale[1] - 1e-9)
+    b = int(crop_border)
+    return b, b
+
+
+def _crop(img: np.ndarray, border: Tuple[int, int]) -> np.ndarray:
+    bv, bh = border
+    return img[bv:img.shape[0] - bv if bv else None, bh:img.shape[1] - bh if bh else None]
+
+
+def _batch_scale(scale) -> Scale:
+    """One (r_v, r_h) from a collated ``scale`` entry ((N, 2) tensor, pair, number); all rows must agree."""
+    if isinstance(scale, torch.Tensor):
+        s = scale.reshape(-1, 2) if scale.dim() >= 1 and scale.shape[-1] == 2 else scale.reshape(-1, 1).repeat(1, 2)
+        if not torch.allclose(s, s[:1].expand_as(s)):
+            raise ValueError(f'a batch must share one scale, got {s.tolist()}')
+        return parse_scale(s[0].tolist())
+    return parse_scale(scale)
+
+
+# --------------------------------------------------------------------------- option checks
+def check_metasr_options(opt: Mapping) -> None:
+    """Fail before anything is built on options that would only break later (names the option)."""
+    net_opt = opt.get('network_g') or {}
+    kernel = int(net_opt.get('kernel_size', 3))
+    if opt.get('is_train'):
+        train = opt.get('train') or {}
+        out_size = train.get('out_size')
+        if out_size is None and train.get('scale_sampler') is None:
+            raise ValueError('train.scale_sampler is required by MetaSRModel (or train.out_size for a fixed '
+                             'output size), e.g. {type: uniform, v: [1.1, 4.0], step: 0.1, p_symmetric: 1.0}')
+        if train.get('lr_patch_size') is None:
+            raise ValueError('train.lr_patch_size is required by MetaSRModel (the LR patch (h, w), e.g. 48)')
+        h, w = _pair(train['lr_patch_size'], 'train.lr_patch_size')
+        if min(h, w) < kernel:
+            raise ValueError(f'train.lr_patch_size = {train["lr_patch_size"]!r} is smaller than the Meta '
+                             f'kernel (network_g.kernel_size = {kernel})')
+        if out_size is not None:
+            H, W = _pair(out_size, 'train.out_size')
+            resolve_scale(h, w, out_size=(H, W))  # raises if smaller than the LR patch
+            biggest = (H, W)
+        else:
+            sampler = build_scale_sampler(train['scale_sampler'], opt.get('manual_seed') or 0)
+            spec = resolve_scale(h, w, sampler.max_scale)
+            biggest = (spec.out_h, spec.out_w)
+        ds = (opt.get('datasets') or {}).get('train') or {}
+        if ds.get('gt_size') is not None:
+            gh, gw = _pair(ds['gt_size'], 'datasets.train.gt_size')
+            if gh < biggest[0] or gw < biggest[1]:
+                raise ValueError(f'datasets.train.gt_size = {ds["gt_size"]!r} is too small: the largest training '
+                                 f'scale needs GT patches of {biggest[0]}x{biggest[1]} for lr_patch_size '
+                                 f'{train["lr_patch_size"]!r}')
+    val = opt.get('val')
+    if val is not None:
+        if val.get('scales') is not None:
+            parse_scale_list(val['scales'], 'val.scales')
+        if val.get('lr_size') is not None:
+            _pair(val['lr_size'], 'val.lr_size')
+        tile = val.get('tile')
+        if tile is not None:
+            if not isinstance(tile, Mapping) or 'size' not in tile:
+                raise ValueError(f'val.tile must be a dict {{size: N, overlap: M}}, got {tile!r}')
+            _pair(tile['size'], 'val.tile.size')
+            if int(tile.get('overlap', 0)) < 0:
+                raise ValueError(f'val.tile.overlap must be >= 0, got {tile.get("overlap")!r}')
+
+
+@register(MODEL_REGISTRY)
+class MetaSRModel(SRModel):
+    """SRModel with one (r_v, r_h) per batch, LR made on the fly, and per-scale validation.
+
+    Shapes: the network is called as ``net(lq (N, C, h, w), scale=(r_v, r_h))`` (or ``out_size=(H, W)``
+    in fixed-size mode) and returns (N, C_out, H, W) = the GT crop's shape.
+    """
+
+    def __init__(self, opt: dict):
+        check_metasr_options(opt)
+        if opt.get('val') is not None and not opt['val'].get('metrics'):
+            opt['val']['metrics'] = deepcopy(DEFAULT_METRICS)
+        self.current_iter = 0
+        self.scale: Scale = (1.0, 1.0)
+        self.out_size: Optional[Tuple[int, int]] = None
+        super().__init__(opt)
+
+    # ------------------------------------------------------------------ training settings
+    def init_training_settings(self) -> None:
+        train = self.opt['train']
+        self.lr_patch_size = _pair(train['lr_patch_size'], 'train.lr_patch_size')
+        self.fixed_out_size = _pair(train['out_size'], 'train.out_size') if train.get('out_size') else None
+        self.scale_sampler = None if self.fixed_out_size else build_scale_sampler(
+            train['scale_sampler'], self.opt.get('manual_seed') or 0)
+        super().init_training_settings()
+
+    def model_to_device(self, net: nn.Module) -> nn.Module:
+        """BasicSR's, plus DDP on CPU (gloo): BasicSR always passes a CUDA device id."""
+        if self.opt.get('dist') and self.device.type == 'cpu':
+            return DistributedDataParallel(net.to(self.device),
+                                           find_unused_parameters=self.opt.get('find_unused_parameters', False))
+        return super().model_to_device(net)
+
+    def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
+        # BasicSR calls this right before feed_data: the iteration the next batch's scale is drawn for
+        self.current_iter = current_iter
+        super().update_learning_rate(current_iter, warmup_iter)
+
+    # ------------------------------------------------------------------ scales and LR synthesis
+    def draw_scale(self, current_iter: int) -> Scale:
+        """(r_v, r_h) of iteration ``current_iter`` (same on every rank, unchanged by resuming)."""
+        return self.scale_sampler(current_iter)
+
+    def current_scale(self) -> Scale:
+        """(r_v, r_h) of the batch fed last."""
+        return self.scale
+
+    def synthesize_lq(self, gt: torch.Tensor, scale: Scale, lr_size: Tuple[int, int],
+                      out_size: Optional[Tuple[int, int]] = None,
+                      phase: str = 'train') -> Tuple[torch.Tensor, torch.Tensor]:
+        """LR of size ``lr_size`` from the top-left GT crop of the output size.
+
+        Args:
+            gt: (N, C, Hg, Wg) on the model's device.
+            scale: (r_v, r_h); the output size is resolve_scale(lr_size, scale) unless ``out_size``.
+            lr_size: (h, w).
+            phase: 'train' or 'val' (which ``lq_quantize`` applies).
+
+        Returns:
+            lq (N, C, h, w) = imresize_to(gt_crop, (h, w)) (quantised if ``lq_quantize``), gt_crop (N, C, H, W).
+        """
+        h, w = lr_size
+        if out_size is None:
+            spec = resolve_scale(h, w, scale)
+            out_size = (spec.out_h, spec.out_w)
+        H, W = out_size
+        if gt.shape[-2] < H or gt.shape[-1] < W:
+            raise ValueError(f'GT of {gt.shape[-2]}x{gt.shape[-1]} is smaller than the {H}x{W} output of a '
+                             f'{h}x{w} LR at scale {scale}: raise the dataset gt_size')
+        gt = gt[..., :H, :W]
+        lq = imresize_to(gt, (h, w))
+        return self.quantize_lq(lq, phase), gt
+
+    def quantize_lq(self, lq: torch.Tensor, phase: str = 'train') -> torch.Tensor:
+        """Clamp to [0, 1] and round to ``lq_quantize`` levels (255: as an 8-bit LR file); off by default.
+
+        ``train.lq_quantize`` applies to training batches, ``val.lq_quantize`` (default: the train value)
+        to LR synthesised for validation/test.
+        """
+        train_levels = (self.opt.get('train') or {}).get('lq_quantize')
+        levels = train_levels if phase == 'train' else (self.opt.get('val') or {}).get('lq_quantize', train_levels)
+        if not levels:
+            return lq
+        return torch.round(lq.clamp(0, 1) * levels) / levels
+
+    def feed_data(self, data: Mapping) -> None:
+        """Batch -> ``self.lq``, ``self.gt``, ``self.scale`` (and ``self.out_size`` in fixed-size mode).
+
+        ``data``: {'gt': (N, C, Hg, Wg)} for on-the-fly LR synthesis at the drawn scale, or
+        {'lq', 'gt', 'scale'} for pre-generated pairs (optional 'out_size': call by exact size).
+        """
+        if 'lq' in data:
+            self.lq = data['lq'].to(self.device)
+            if 'gt' in data:
+                self.gt = data['gt'].to(self.device)
+            self.out_size = tuple(int(v) for v in data['out_size']) if data.get('out_size') is not None else None
+            if data.get('scale') is not None:
+                self.scale = _batch_scale(data['scale'])
+            elif self.out_size is not None:
+                self.scale = (self.out_size[0] / self.lq.shape[-2], self.out_size[1] / self.lq.shape[-1])
+            else:
+                raise KeyError("a batch with 'lq' needs its 'scale' (or 'out_size')")
+            return
+        if 'gt' not in data:
+            raise KeyError("MetaSRModel.feed_data needs 'gt' (GT patches) or 'lq'+'gt'+'scale' (pairs)")
+        gt = data['gt'].to(self.device)
+        if self.fixed_out_size is not None:
+            self.out_size = self.fixed_out_size
+            self.scale = (self.out_size[0] / self.lr_patch_size[0], self.out_size[1] / self.lr_patch_size[1])
+        else:
+            self.out_size = None
+            self.scale = self.draw_scale(self.current_iter)
+        self.lq, self.gt = self.synthesize_lq(gt, self.scale, self.lr_patch_size, self.out_size)
+
+    # ------------------------------------------------------------------ forward / optimisation
+    def net_forward(self, net: nn.Module, lq: torch.Tensor, tile: Optional[Mapping] = None) -> torch.Tensor:
+        """``net`` at the current request (scale or exact size), tiled when ``tile`` is given."""
+        request = {'out_size': self.out_size} if self.out_size is not None else {'scale': self.scale}
+        if tile:
+            return tiled_forward(net, lq, tile=tile['size'], overlap=int(tile.get('overlap', 0)), **request)
+        return net(lq, **request)
+
+    def optimize_parameters(self, current_iter: int) -> None:
+        self.optimizer_g.zero_grad()
+        self.output = self.net_forward(self.net_g, self.lq)
+        l_total = 0
+        loss_dict = OrderedDict()
+        if self.cri_pix:
+            l_pix = self.cri_pix(self.output, self.gt)
+            l_total += l_pix
+            loss_dict['l_pix'] = l_pix
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            if l_percep is not None:
+                l_total += l_percep
+                loss_dict['l_percep'] = l_percep
+            if l_style is not None:
+                l_total += l_style
+                loss_dict['l_style'] = l_style
+        l_total.backward()
+        self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        self.log_dict['scale_v'], self.log_dict['scale_h'] = self.scale
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    def test(self) -> None:
+        """``self.output`` from the EMA network if any, else net_g (eval mode, no grad, tiled per ``val.tile``)."""
+        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            self.output = self.net_forward(net, self.lq, (self.opt.get('val') or {}).get('tile'))
+        net.train(was_training)
+
+    # ------------------------------------------------------------------ validation
+    def val_scales(self) -> List[Scale]:
+        """Scales from ``val.scales`` (default [2, 3, 4])."""
+        return parse_scale_list((self.opt.get('val') or {}).get('scales') or [2, 3, 4], 'val.scales')
+
+    def val_pairs(self, data: Mapping) -> Iterator[dict]:
+        """Feedable pairs of one val item: the item itself if pre-generated, else one per val scale.
+
+        For a GT-only item and scale r: LR size floor(GT / r) per axis, GT cropped to
+        resolve_scale(LR, r), LR = imresize_to(GT crop) (``val.lr_size``: LR of exactly that size, output
+        at the GT's size).
+        """
+        if 'lq' in data:
+            yield dict(data)
+            return
+        gt = data['gt'].to(self.device)
+        H, W = gt.shape[-2:]
+        lr_size = (self.opt.get('val') or {}).get('lr_size')
+        if lr_size is not None:
+            h, w = _pair(lr_size, 'val.lr_size')
+            lq, gt_c = self.synthesize_lq(gt, (H / h, W / w), (h, w), (H, W), phase='val')
+            yield {'lq': lq, 'gt': gt_c, 'out_size': (H, W)}
+            return
+        for r_v, r_h in self.val_scales():
+            h, w = int(math.floor(H / r_v + 1e-9)), int(math.floor(W / r_h + 1e-9))
+            if h < 1 or w < 1:
+                raise ValueError(f'val image {H}x{W} is too small for scale {(r_v, r_h)}')
+            lq, gt_c = self.synthesize_lq(gt, (r_v, r_h), (h, w), phase='val')
+            yield {'lq': lq, 'gt': gt_c, 'scale': (r_v, r_h)}
+
+    def _to_metric_image(self, t: torch.Tensor, float_data: bool) -> np.ndarray:
+        if float_data:  # gridded data: no 8-bit rounding; x255 so BasicSR's 255-peak PSNR means range 1
+            return t[0].detach().float().cpu().numpy().transpose(1, 2, 0).astype(np.float64) * 255.
+        return tensor2img([t.detach().cpu()])
+
+    def _metric_values(self, img: np.ndarray, gt: np.ndarray, scale: Scale, float_data: bool) -> Dict[str, float]:
+        out = {}
+        for name, mopt in self.opt['val']['metrics'].items():
+            mopt = dict(mopt)
+            border = _border(mopt.pop('crop_border', 'auto'), scale)
+            if float_data:
+                mopt['test_y_channel'] = False
+            mopt['crop_border'] = 0  # BasicSR crops both axes alike; the per-axis border is applied here
+            out[name] = float(calculate_metric({'img': _crop(img, border), 'img2': _crop(gt, border)}, mopt))
+        return out
+
+    def _save_path(self, dataset_name: str, img_name: str, tag: str, current_iter, ext: str, what: str = '') -> str:
+        vis = self.opt['path']['visualization']
+        if self.opt['is_train']:
+            return osp.join(vis, dataset_name, f'{img_name}_{tag}{what}_{current_iter}.{ext}')
+        suffix = self.opt['val'].get('suffix') or self.opt['name']
+        return osp.join(vis, dataset_name, f'{img_name}_{tag}{what}_{suffix}.{ext}')
+
+    def _save(self, t: torch.Tensor, img: np.ndarray, path: str, float_data: bool) -> None:
+        if float_data:
+            os.makedirs(osp.dirname(path), exist_ok=True)
+            np.save(path, t[0].detach().float().cpu().numpy())
+        else:
+            imwrite(img, path)
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img: bool) -> None:
+        if self.opt['is_train'] and isinstance(current_iter, int):
+            # BasicSR's final validation runs one (or two) past total_iter: report the real iteration
+            current_iter = min(current_iter, int(self.opt['train']['total_iter']))
+        dataset = dataloader.dataset
+        dataset_name = dataset.opt['name']
+        float_data = bool(getattr(dataset, 'float_data', False))
+        save_bicubic = bool(self.opt['val'].get('save_bicubic', False))
+        metric_names = list(self.opt['val']['metrics'].keys())
+        sums: Dict[Scale, Dict[str, float]] = OrderedDict()
+        counts: Dict[Scale, int] = OrderedDict()
+        start = time.time()
+        for data in dataloader:
+            path = (data.get('lq_path') or data.get('gt_path'))[0]
+            img_name = osp.splitext(osp.basename(path))[0]
+            for pair in self.val_pairs(data):
+                self.feed_data(pair)
+                self.test()
+                scale = self.scale
+                bicubic = imresize_to(self.lq.float(), tuple(self.gt.shape[-2:]))
+                sr_img = self._to_metric_image(self.output, float_data)
+                gt_img = self._to_metric_image(self.gt, float_data)
+                bic_img = self._to_metric_image(bicubic, float_data)
+                values = self._metric_values(sr_img, gt_img, scale, float_data)
+                values.update({f'{k}_bicubic': v for k, v in
+                               self._metric_values(bic_img, gt_img, scale, float_data).items()})
+                acc = sums.setdefault(scale, OrderedDict((k, 0.0) for k in values))
+                for k, v in values.items():
+                    acc[k] += v
+                counts[scale] = counts.get(scale, 0) + 1
+                if save_img:
+                    tag, ext = scale_tag(*scale), 'npy' if float_data else 'png'
+                    self._save(self.output, sr_img, self._save_path(dataset_name, img_name, tag, current_iter, ext),
+                               float_data)
+                    if save_bicubic:
+                        self._save(bicubic, bic_img,
+                                   self._save_path(dataset_name, img_name, tag, current_iter, ext, '_bicubic'),
+                                   float_data)
+                del self.lq, self.output, self.gt
+        results = OrderedDict((s, OrderedDict((k, v / counts[s]) for k, v in acc.items())) for s, acc in sums.items())
+        self.metric_results = results
+        self._record_validation(dataset_name, results, metric_names, current_iter, tb_logger, time.time() - start)
+
+    def _record_validation(self, dataset_name: str, results, metric_names: List[str], current_iter, tb_logger,
+                           seconds: float) -> None:
+        """Best values per (dataset, scale), log, tensorboard, metrics.jsonl and psnr_table.md."""
+        logger = get_root_logger()
+        lines = [f'Validation {dataset_name} ({seconds:.1f} s)']
+        for scale, values in results.items():
+            key = f'{dataset_name}@{scale_tag(*scale)}'
+            self._initialize_best_metric_results(key)
+            for m in metric_names:
+                self._update_best_metric_result(key, m, values[m], current_iter)
+            best = self.best_metric_results[key]
+            lines.append(f'\t{scale_tag(*scale):>12}  ' + '  '.join(
+                f'{m}: {values[m]:.4f} (bicubic {values[m + "_bicubic"]:.4f}, best {best[m]["val"]:.4f} @ '
+                f'{best[m]["iter"]})' for m in metric_names))
+            if tb_logger:
+                for m, v in values.items():
+                    tb_logger.add_scalar(f'metrics/{dataset_name}/{scale_tag(*scale)}/{m}', v, current_iter)
+        logger.info('\n'.join(lines))
+        self._write_reports(dataset_name, results, current_iter)
+
+    def output_root(self) -> str:
+        """experiments/<name> when training, results/<name> when testing."""
+        paths = self.opt['path']
+        return paths.get('experiments_root') if self.opt['is_train'] else paths.get('results_root')
+
+    @master_only
+    def _write_reports(self, dataset_name: str, results, current_iter) -> None:
+        root = self.output_root()
+        if root is None:
+            return
+        os.makedirs(root, exist_ok=True)
+        with open(osp.join(root, 'metrics.jsonl'), 'a') as f:
+            for scale, values in results.items():
+                record = {'iter': current_iter, 'dataset': dataset_name, 'scale': [scale[0], scale[1]]}
+                record.update(values)
+                f.write(json.dumps(record) + '\n')
+        if not hasattr(self, '_table_rows'):
+            self._table_rows = OrderedDict()
+        for scale, values in results.items():
+            self._table_rows[(dataset_name, scale)] = (current_iter, values)
+        table = self.psnr_table()
+        get_root_logger().info('PSNR table (model vs bicubic)\n' + table)
+        tmp = osp.join(root, '.psnr_table.md.tmp')
+        with open(tmp, 'w') as f:
+            f.write(table)
+        os.replace(tmp, osp.join(root, 'psnr_table.md'))
+
+    def psnr_table(self) -> str:
+        """Markdown table of the latest validation per (dataset, scale): PSNR model vs bicubic."""
+        metric = 'psnr' if 'psnr' in self.opt['val']['metrics'] else next(iter(self.opt['val']['metrics']))
+        rows = [f'| dataset | scale (r_v x r_h) | iter | {metric} model | {metric} bicubic | gain |',
+                '|---|---|---|---:|---:|---:|']
+        for (dataset_name, scale), (it, values) in self._table_rows.items():
+            gain = values[metric] - values[f'{metric}_bicubic']
+            rows.append(f'| {dataset_name} | {scale[0]:g} x {scale[1]:g} | {it} | {values[metric]:.2f} | '
+                        f'{values[metric + "_bicubic"]:.2f} | {gain:+.2f} |')
+        return '\n'.join(rows) + '\n'
+
+    # ------------------------------------------------------------------ checkpoints
+    def _network_opt_for(self, net_label: str) -> Optional[dict]:
+        key = 'network_' + net_label[len('net_'):] if net_label.startswith('net_') else None
+        return plain(self.opt[key]) if key and isinstance(self.opt.get(key), Mapping) else None
+
+    @master_only
+    def save_network(self, net, net_label: str, current_iter, param_key='params') -> None:
+        """BasicSR's ``save_network``, written atomically and with the network options (``network_opt``)."""
+        if current_iter == -1:
+            current_iter = 'latest'
+        save_path = osp.join(self.opt['path']['models'], f'{net_label}_{current_iter}.pth')
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        if len(nets) != len(keys):
+            raise ValueError('save_network: net and param_key lengths differ')
+        save_dict = {}
+        for net_, key in zip(nets, keys):
+            state = self.get_bare_model(net_).state_dict()
+            save_dict[key] = OrderedDict((k[7:] if k.startswith('module.') else k, v.cpu()) for k, v in state.items())
+        network_opt = self._network_opt_for(net_label)
+        if network_opt is not None:
+            save_dict['network_opt'] = network_opt
+        self._atomic_save(save_dict, save_path)
+
+    @master_only
+    def save_training_state(self, epoch: int, current_iter: int) -> None:
+        """BasicSR's ``save_training_state``, written atomically."""
+        if current_iter == -1:
+            return
+        state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers],
+                 'schedulers': [s.state_dict() for s in self.schedulers]}
+        self._atomic_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    def _atomic_save(self, obj, path: str, retries: int = 3) -> None:
+        for attempt in range(retries):
+            try:
+                atomic_torch_save(obj, path)
+                return
+            except OSError as err:  # e.g. a full or flaky network disk: the previous file is still there
+                get_root_logger().warning(f'Saving {path} failed ({err}); {retries - attempt - 1} retries left')
+                time.sleep(1)
+        get_root_logger().error(f'Could not save {path}; the previous checkpoint is unchanged.')
+
+    def load_network(self, net: nn.Module, load_path: str, strict: bool = True, param_key: str = 'params') -> None:
+        """BasicSR's ``load_network`` with ``weights_only=True`` (checkpoints hold tensors and plain options)."""
+        logger = get_root_logger()
+        net = self.get_bare_model(net)
+        ckpt = torch.load(load_path, map_location='cpu', weights_only=True)
+        if param_key is not None:
+            if param_key not in ckpt and 'params' in ckpt:
+                logger.info(f'Loading: {param_key} does not exist in {load_path}, use params.')
+                param_key = 'params'
+            if param_key not in ckpt:
+                raise KeyError(f'{load_path} has no {param_key!r} (keys: {sorted(ckpt)})')
+            ckpt = ckpt[param_key]
+        state = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in ckpt.items())
+        logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
+        self._print_different_keys_loading(net, state, strict)
+        net.load_state_dict(state, strict=strict)

@@ -275,8 +275,13 @@ class MetaSRModel(SRModel):
         """``net`` at the current request (scale or exact size), tiled when ``tile`` is given."""
         request = {'out_size': self.out_size} if self.out_size is not None else {'scale': self.scale}
         if tile:
-            return tiled_forward(net, lq, tile=tile['size'], overlap=int(tile.get('overlap', 0)), **request)
-        return net(lq, **request)
+            out = tiled_forward(net, lq, tile=tile['size'], overlap=int(tile.get('overlap', 0)), **request)
+        else:
+            out = net(lq, **request)
+        if self.opt.get('bicubic_skip', False):
+            # global skip: the network predicts the residual over MATLAB bicubic (off by default)
+            out = out + imresize_to(lq, tuple(out.shape[-2:])).to(out.dtype)
+        return out
 
     def optimize_parameters(self, current_iter: int) -> None:
         self.optimizer_g.zero_grad()
@@ -494,6 +499,8 @@ class MetaSRModel(SRModel):
         network_opt = self._network_opt_for(net_label)
         if network_opt is not None:
             save_dict['network_opt'] = network_opt
+            # inference must add the same bicubic skip as training (MetaSRModel option bicubic_skip)
+            save_dict['bicubic_skip'] = bool(self.opt.get('bicubic_skip', False))
         self._atomic_save(save_dict, save_path)
 
     @master_only

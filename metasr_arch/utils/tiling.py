@@ -7,10 +7,13 @@ map, and the head runs once on it. For a convolutional trunk whose receptive rad
 overlap, the stitched features equal the whole-image features, so the output equals the untiled one
 (up to float rounding) whatever the scale: no seams, no blending.
 
-Networks opt in by exposing two methods (MetaRDN and SwinIRMeta do)::
+Networks opt in by exposing two methods::
 
     forward_features(x)                               # (N, C, h, w) -> (N, F, h, w)
     forward_head(feat, x, scale=None, out_size=None)  # -> (N, C_out, H, W); x is the LR input (skips)
+
+or, as the project's ``MetaSRNet`` (MetaRDN, SwinIRMeta) does, ``forward_trunk(x)`` and a
+``MetaUpsample`` head ``upsample`` whose output is mapped back by ``/ img_range + mean_out``.
 
 Networks without them fall back to output-space tiling: each LR tile is upscaled whole and the
 output rows/columns that project into its core are pasted. That is exact only where the tile origin
@@ -18,7 +21,7 @@ maps to an output pixel with the same phase (``y0 * r_v`` an integer, e.g. integ
 elsewhere the phases of a tile differ slightly from the whole image's.
 """
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -39,10 +42,26 @@ def _call(net, x, scale, out_size):
     return net(x, scale=scale) if out_size is None else net(x, out_size=out_size)
 
 
+def _split(net: nn.Module) -> Optional[Tuple[Callable, Callable]]:
+    """(trunk, head) of ``net`` for feature tiling, or None when it exposes neither interface."""
+    if callable(getattr(net, 'forward_head', None)) and callable(getattr(net, 'forward_features', None)):
+        return net.forward_features, net.forward_head
+    from metasr_arch.archs.meta_upsample_arch import MetaUpsample
+    if callable(getattr(net, 'forward_trunk', None)) and isinstance(getattr(net, 'upsample', None), MetaUpsample):
+
+        def head(feat, x, scale=None, out_size=None):  # MetaSRNet.forward without the trunk
+            out = net.upsample(feat, scale=scale, out_size=out_size)
+            mean = getattr(net, 'mean_out', None)
+            out = out / getattr(net, 'img_range', 1.0)
+            return out + mean.to(out.dtype) if mean is not None else out
+
+        return net.forward_trunk, head
+    return None
+
+
 def supports_feature_tiling(net: nn.Module) -> bool:
-    """True when ``net`` exposes ``forward_features`` and ``forward_head`` (exact tiling)."""
-    bare = _bare(net)
-    return callable(getattr(bare, 'forward_features', None)) and callable(getattr(bare, 'forward_head', None))
+    """True when ``net`` can be tiled exactly in feature space (see the module docstring)."""
+    return _split(_bare(net)) is not None
 
 
 def tiled_forward(net: nn.Module, x: torch.Tensor, scale: ScaleArg = None, out_size: SizeArg = None,
@@ -72,14 +91,14 @@ def tiled_forward(net: nn.Module, x: torch.Tensor, scale: ScaleArg = None, out_s
                          f'overlap={overlap!r}')
     if th >= h and tw >= w:
         return _call(net, x, scale, out_size)
-    if supports_feature_tiling(net):
-        bare = _bare(net)
-        feat = _stitched_features(bare, x, th, tw, overlap)
-        return bare.forward_head(feat, x, scale=scale, out_size=out_size)
+    split = _split(_bare(net))
+    if split is not None:
+        trunk, head = split
+        return head(_stitched_features(trunk, x, th, tw, overlap), x, scale=scale, out_size=out_size)
     return _output_tiling(net, x, spec, th, tw, overlap)
 
 
-def _stitched_features(net: nn.Module, x: torch.Tensor, th: int, tw: int, overlap: int) -> torch.Tensor:
+def _stitched_features(trunk: Callable, x: torch.Tensor, th: int, tw: int, overlap: int) -> torch.Tensor:
     """(N, F, h, w) features of ``x`` assembled from the cores of overlapping tiles."""
     h, w = x.shape[-2:]
     feat = None
@@ -87,7 +106,7 @@ def _stitched_features(net: nn.Module, x: torch.Tensor, th: int, tw: int, overla
         for x0, x1 in _windows(w, tw):
             ya, yb = max(0, y0 - overlap), min(h, y1 + overlap)
             xa, xb = max(0, x0 - overlap), min(w, x1 + overlap)
-            f = net.forward_features(x[..., ya:yb, xa:xb])
+            f = trunk(x[..., ya:yb, xa:xb])
             if feat is None:  # allocate once the feature width and dtype are known
                 feat = f.new_zeros(f.shape[0], f.shape[1], h, w)
             feat[..., y0:y1, x0:x1] = f[..., y0 - ya:y1 - ya, x0 - xa:x1 - xa]

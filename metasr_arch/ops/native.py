@@ -104,10 +104,30 @@ def _build_obstacle(variant: str) -> Optional[str]:
     if variant == 'cuda':
         if torch.version.cuda is None:
             return f'this torch ({torch.__version__}) is a CPU-only build'
-        from torch.utils import cpp_extension
-        home = cpp_extension.CUDA_HOME
-        if home is None or not (Path(home) / 'bin' / 'nvcc').exists():
-            return 'no CUDA toolkit found (nvcc); set CUDA_HOME to the toolkit root'
+        if cuda_home() is None:
+            return 'no CUDA toolkit found (nvcc and include/cuda_runtime.h); set CUDA_HOME to the toolkit root'
+    return None
+
+
+def _is_toolkit(root: Optional[str]) -> bool:
+    return bool(root) and (Path(root) / 'bin' / 'nvcc').exists() and (Path(root) / 'include' / 'cuda_runtime.h').exists()
+
+
+def cuda_home() -> Optional[str]:
+    """Root of the CUDA toolkit used for the build, or None.
+
+    torch guesses the root from ``which nvcc``; when nvcc is a wrapper script (e.g. /usr/local/bin/nvcc)
+    that guess (/usr/local) has no headers. Then, unless CUDA_HOME/CUDA_PATH is set explicitly, the
+    usual roots are tried.
+    """
+    from torch.utils import cpp_extension
+    if _is_toolkit(cpp_extension.CUDA_HOME):
+        return cpp_extension.CUDA_HOME
+    if os.environ.get('CUDA_HOME') or os.environ.get('CUDA_PATH'):
+        return None  # the user's explicit choice is incomplete: do not second-guess it
+    for root in ['/usr/local/cuda'] + sorted(str(p) for p in Path('/usr/local').glob('cuda-*')):
+        if _is_toolkit(root):
+            return root
     return None
 
 
@@ -159,6 +179,8 @@ def _compile(variant: str, arch_list: Optional[str], verbose: bool) -> ModuleTyp
     saved_arch = os.environ.get('TORCH_CUDA_ARCH_LIST')
     if variant == 'cuda':
         os.environ['TORCH_CUDA_ARCH_LIST'] = arch
+        # cpp_extension reads its module-level CUDA_HOME when it writes the build file
+        cpp_extension.CUDA_HOME = cuda_home()
     try:
         return cpp_extension.load(name=name, sources=sources, extra_cflags=cflags, extra_cuda_cflags=cuda_cflags,
                                   extra_ldflags=['-fopenmp'], extra_include_paths=[str(folder)],

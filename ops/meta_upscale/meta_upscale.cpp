@@ -1,7 +1,10 @@
 // Python bindings of the phase-table meta-upscale op: argument checks, the index tables the kernels
 // need, and dispatch to the CPU or CUDA launchers. The torch custom ops (metasr::table_conv and its
 // backward, fake kernels, autograd, autocast) are registered in metasr_arch/ops/native.py.
-#include <torch/extension.h>
+// torch/csrc/utils/pybind.h (Tensor casters) instead of torch/extension.h: the whole C++ frontend
+// would triple this file's compile time.
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <string>
 #include <vector>

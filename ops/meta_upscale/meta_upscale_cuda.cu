@@ -4,12 +4,20 @@
 // accumulates in registers (float32 for half/bfloat16/float, float64 for double) and writes its
 // result once. No atomics except in the seed-style baseline. Launches go to the current stream of
 // the data's device under a device guard and are checked with C10_CUDA_KERNEL_LAUNCH_CHECK.
+// Per-operator ATen headers and only c10/cuda headers keep nvcc's work small; ATen/cuda/CUDAContext.h
+// would also pull in cuBLAS/cuSPARSE headers, which a minimal toolkit (nvcc + cudart) does not have.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/macros/Macros.h>
+#include <cuda_runtime.h>
 
 #include "meta_upscale_launch.h"
 
@@ -23,8 +31,9 @@ constexpr int64_t kCudaTargetTasks = int64_t(1) << 19;
 // Blocks for `tasks` grid-stride tasks: enough to fill the GPU a few times over, never more than
 // one per kThreads tasks (the grid-stride loop covers the rest; int64 task indices throughout).
 int64_t num_blocks(int64_t tasks) {
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  return max64(1, min64(ceil_div(tasks, kThreads), sms * 32));
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
+  return max64(1, min64(ceil_div(tasks, kThreads), int64_t(sms) * 32));
 }
 
 const int64_t* idx(const at::Tensor& t) { return t.data_ptr<int64_t>(); }
@@ -126,7 +135,7 @@ void forward_cuda(const at::Tensor& x, const at::Tensor& table, const IndexMaps&
   const Shape s = make_shape(x, table, out.size(2), out.size(3));
   const int64_t tasks = forward_tasks(s);
   if (tasks == 0) return;
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "metasr_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     forward_kernel<scalar_t, acc_t><<<num_blocks(tasks), kThreads, 0, stream>>>(
@@ -142,7 +151,7 @@ void grad_x_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tens
   const Shape s = make_shape(x, table, grad_out.size(2), grad_out.size(3));
   const int64_t tasks = grad_x_tasks(s);
   if (tasks == 0) return;
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "metasr_grad_x_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     grad_x_kernel<scalar_t, acc_t><<<num_blocks(tasks), kThreads, 0, stream>>>(
@@ -161,7 +170,7 @@ void grad_table_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::
   const int64_t max_slices = max64(1, kPartialBudgetBytes / (4 * entries));
   const int64_t slices = grad_table_slices(s, kCudaTargetTasks, max_slices);
   const int64_t tasks = slices * grad_table_tasks_per_slice(s);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "metasr_grad_table_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = grad_out.data_ptr<scalar_t>();
@@ -195,7 +204,7 @@ at::Tensor seed_loop_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
   at::Tensor out = at::zeros({n, c_out, out_h, out_w}, x.options());
   const dim3 block(16, 16);
   const dim3 grid(static_cast<unsigned>(ceil_div(out_w, 16)), static_cast<unsigned>(ceil_div(out_h, 16)));
-  seed_forward_kernel<<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(
+  seed_forward_kernel<<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
       x_pad.data_ptr<float>(), weight.data_ptr<float>(), idx(row_lr), idx(col_lr), out.data_ptr<float>(), n, c_in,
       x_pad.size(2), x_pad.size(3), c_out, out_h, out_w, ks);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -214,7 +223,7 @@ std::vector<at::Tensor> seed_loop_backward_cuda(const at::Tensor& grad_out, cons
   at::Tensor grad_weight = at::zeros_like(weight);
   const dim3 block(16, 16);
   const dim3 grid(static_cast<unsigned>(ceil_div(out_w, 16)), static_cast<unsigned>(ceil_div(out_h, 16)));
-  seed_backward_kernel<<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(
+  seed_backward_kernel<<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(
       x_pad.data_ptr<float>(), weight.data_ptr<float>(), grad_out.data_ptr<float>(), idx(row_lr), idx(col_lr),
       grad_x_pad.data_ptr<float>(), grad_weight.data_ptr<float>(), n, c_in, x_pad.size(2), x_pad.size(3), c_out,
       out_h, out_w, ks);

@@ -3,7 +3,9 @@
 // meta_upscale.cpp) and fill preallocated outputs.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+
+#include <vector>
 
 #include "meta_upscale_common.h"
 

@@ -206,7 +206,7 @@ def _changed(before, net):
     return any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
 
 
-@pytest.mark.filterwarnings('ignore:Detected call of `lr_scheduler.step\(\)`')  # BasicSR's update order
+@pytest.mark.filterwarnings(r'ignore:Detected call of `lr_scheduler.step\(\)`')  # BasicSR's update order
 def test_metasr_gan_model_two_iterations(tmp_path):
     torch.manual_seed(0)
     vgg_path = str(tmp_path / 'vgg.pth')
@@ -244,7 +244,7 @@ def test_metasr_gan_model_two_iterations(tmp_path):
                                                       weights_only=True))
 
 
-@pytest.mark.filterwarnings('ignore:Detected call of `lr_scheduler.step\(\)`')  # BasicSR's update order
+@pytest.mark.filterwarnings(r'ignore:Detected call of `lr_scheduler.step\(\)`')  # BasicSR's update order
 def test_metasr_gan_model_d_init_iters_and_crop(tmp_path):
     """During net_d_init_iters only D trains; d_crop_multiple crops D inputs (UNetDiscriminatorSN sizes)."""
     torch.manual_seed(0)

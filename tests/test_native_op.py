@@ -159,7 +159,7 @@ def test_cpu_reduced_precision_within_documented_tolerance(ext, dtype):
 
 @pytest.mark.parametrize('per_pixel', [False, True], ids=['phase-table', 'per-pixel'])
 def test_cpu_gradcheck_float64(ext, per_pixel):
-    x, table, rows, cols, _ = make_case(2, 2, 2, 3, 4, (2.5, 1.5), per_pixel=per_pixel)
+    x, table, rows, cols, _ = make_case(2, 2, 1, 3, 3, (2.5, 1.5), per_pixel=per_pixel)
     x.requires_grad_(True)
     table.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a, b: native.table_conv(a, b, rows, cols), (x, table))
@@ -345,7 +345,7 @@ def test_cuda_reduced_precision(ext, dtype):
 @pytest.mark.skipif(not HAS_CUDA, reason=NO_CUDA)
 @pytest.mark.parametrize('per_pixel', [False, True], ids=['phase-table', 'per-pixel'])
 def test_cuda_gradcheck_and_opcheck(ext, per_pixel):
-    x, table, rows, cols, _ = make_case(2, 2, 2, 3, 4, (2.5, 1.5), per_pixel=per_pixel, device='cuda')
+    x, table, rows, cols, _ = make_case(2, 2, 1, 3, 3, (2.5, 1.5), per_pixel=per_pixel, device="cuda")
     x.requires_grad_(True)
     table.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a, b: native.table_conv(a, b, rows, cols), (x, table))

@@ -220,3 +220,18 @@ def test_demo_options_parse():
     check_metasr_options(opt)  # sampler, patch sizes and val scales are valid
     scales = [tuple(s) if isinstance(s, list) else (s, s) for s in opt['val']['scales']]
     assert any(a != b for a, b in scales) and any(a % 1 for a, _ in scales)
+
+
+@pytest.mark.parametrize('name', ['train/demo_MetaRDN.yml', 'train/train_MetaRDN_x1-4.yml', 'train/train_MetaRDN_asym.yml',
+                                  'train/train_SwinIRMeta_x1-4.yml', 'train/train_SwinIRMeta_grid_721x1440.yml',
+                                  'test/test_demo_MetaRDN.yml', 'test/test_MetaRDN_benchmarks.yml'])
+def test_option_files_are_valid(name):
+    from basicsr.archs import build_network
+    from metasr_arch.models.metasr_model import check_metasr_options
+    with open(os.path.join(REPO, 'options', name)) as f:
+        opt = yaml.safe_load(f)
+    opt['is_train'] = name.startswith('train/')
+    check_metasr_options(opt)
+    build_network(deepcopy(opt['network_g']))
+    if 'grid' in name:  # 96 x 144 -> exactly 721 x 1440
+        assert resolve_scale(96, 144, out_size=opt['train']['out_size'])[2:] == (721, 1440)

@@ -7,10 +7,11 @@ setup(
     description='Meta-SR (arbitrary and asymmetric scale super-resolution) for BasicSR',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
-    packages=find_packages(include=['metasr_arch', 'metasr_arch.*']),
-    # The native sources live in ops/meta_upscale at the top level (design card); ship them inside the
-    # package as data so that wheel installs find them too (editable installs read them in place).
-    package_data={'metasr_arch': ['csrc/*.cpp', 'csrc/*.cu', 'csrc/*.h']},
+    packages=find_packages(include=['metasr_arch', 'metasr_arch.*']) + ['metasr_arch._csrc'],
+    # The native sources stay at ops/meta_upscale (design card) and install as metasr_arch/_csrc, so
+    # wheel installs find them too (editable installs read them in place).
+    package_dir={'metasr_arch._csrc': 'ops/meta_upscale'},
+    package_data={'metasr_arch._csrc': ['*.cpp', '*.cu', '*.h']},
     include_package_data=True,
     python_requires='>=3.9',
     install_requires=[

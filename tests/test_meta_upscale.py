@@ -132,10 +132,10 @@ def test_mode_choice_follows_waste():
         s = resolve_scale(h, w, (rv, rh))
         return choose_table_mode(h, w, axis_projection(h, s.out_h, s.r_v), axis_projection(w, s.out_w, s.r_h))
 
-    assert mode(48, 48, 4, 4) == 'conv'  # sub-pixel convolution
-    assert mode(48, 48, 2.5, 2.5) == 'conv'  # waste 2 x 2
-    assert mode(48, 48, 2.5, 3.7) == 'row_t'  # rows along the 37-phase axis, columns along x2.5
-    assert mode(96, 144, 721 / 96, 10) == 'row'
+    assert mode(48, 48, 4, 4) == 'conv'  # sub-pixel convolution, no waste
+    assert mode(48, 48, 2.5, 3.7) == 'conv'  # waste 2 x 10 still beats per-row GEMMs
+    assert mode(96, 144, 721 / 96, 10) == 'row'  # conv would waste 96x; rows waste nothing
+    assert mode(96, 144, 721 / 96, 1439 / 144) == 'pixel'  # every GEMM form wastes ~100x
 
 
 def test_phase_dedup_counts():

@@ -37,11 +37,14 @@ from .geometry import AxisProjection, ScaleArg, SizeArg, axis_projection, resolv
 FUNCTIONAL_IMPLS = ('auto', 'im2col', 'gather', 'cuda')
 # Bytes of transient buffers one chunk of the gather implementations may use.
 CHUNK_BYTES = 64 * 2**20
-# Above this ratio of computed to needed multiply-adds the convolution form of ``phase_table_conv``
-# loses to the gather form (measured with scripts/benchmark_meta_upscale.py; see BENCHMARKS.md).
-CONV_WASTE_LIMIT = 4.0
-ROW_WASTE_LIMIT = 4.0
-
+# Relative cost per needed multiply-add of each strategy of ``phase_table_conv``, measured on the CPU
+# with scripts/benchmark_meta_upscale.py: 'conv' runs in one large convolution (cost = its waste,
+# the ratio of products computed to products needed), 'row' in per-row batched GEMMs (about 30x the
+# conv's cost per product), 'pixel' in one tiny product per output pixel (about 200x).
+ROW_MODE_FACTOR = 30.0
+PIXEL_MODE_COST = 200.0
+# The conv strategy's transient output grows with its waste; above this it is not used.
+CONV_MAX_BYTES = 1 << 30
 # Optional native implementations register here: name -> (is_available(device) -> bool).
 _NATIVE_AVAILABILITY: Dict[str, Callable[[torch.device], bool]] = {}
 
@@ -276,23 +279,26 @@ def _conv_table(x: torch.Tensor, table: torch.Tensor, rows: AxisProjection, cols
     return y.index_select(2, row_sel).index_select(3, col_sel)
 
 
-def choose_table_mode(in_h: int, in_w: int, rows: AxisProjection, cols: AxisProjection) -> str:
+def choose_table_mode(in_h: int, in_w: int, rows: AxisProjection, cols: AxisProjection, n: int = 1,
+                      c_out: int = 1, elem: int = 4) -> str:
     """Pick how ``phase_table_conv`` evaluates a table: 'conv', 'row', 'row_t' (transposed) or 'pixel'.
 
-    The criterion is the ratio of multiply-adds computed to those needed (H*W per channel pair):
-    conv computes Pv*Ph*h*w, row computes H*Ph*w, the transposed row form W*Pv*h.
+    Waste is the ratio of multiply-adds computed to those needed (H*W per channel pair): conv computes
+    Pv*Ph*h*w, row H*Ph*w, the transposed row form W*Pv*h, pixel exactly H*W. Each is weighted by the
+    strategy's measured cost per product (``ROW_MODE_FACTOR``, ``PIXEL_MODE_COST``); the cheapest wins.
     """
     out_h, out_w = rows.lr_index.numel(), cols.lr_index.numel()
     needed = max(1, out_h * out_w)
     pv, ph = rows.phases.numel(), cols.phases.numel()
-    conv_waste = pv * ph * in_h * in_w / needed
-    if conv_waste <= CONV_WASTE_LIMIT:
-        return 'conv'
-    row_waste = out_h * ph * in_w / needed
-    row_t_waste = out_w * pv * in_h / needed
-    if min(row_waste, row_t_waste) <= ROW_WASTE_LIMIT:
-        return 'row' if row_waste <= row_t_waste else 'row_t'
-    return 'pixel'
+    costs = {
+        'conv': pv * ph * in_h * in_w / needed,
+        'row': ROW_MODE_FACTOR * out_h * ph * in_w / needed,
+        'row_t': ROW_MODE_FACTOR * out_w * pv * in_h / needed,
+        'pixel': PIXEL_MODE_COST,
+    }
+    if n * pv * ph * c_out * in_h * in_w * elem > CONV_MAX_BYTES:
+        del costs['conv']
+    return min(costs, key=costs.get)
 
 
 def phase_table_conv(x: torch.Tensor, table: torch.Tensor, rows: AxisProjection, cols: AxisProjection,
@@ -310,7 +316,8 @@ def phase_table_conv(x: torch.Tensor, table: torch.Tensor, rows: AxisProjection,
         (N, C_out, H, W).
     """
     k = table.shape[2]
-    mode = mode or choose_table_mode(x.shape[2], x.shape[3], rows, cols)
+    mode = mode or choose_table_mode(x.shape[2], x.shape[3], rows, cols, x.shape[0], table.shape[-1],
+                                     x.element_size())
     if mode == 'conv':
         return _conv_table(x, table, rows, cols)
     if mode == 'row_t':

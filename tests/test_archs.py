@@ -258,7 +258,6 @@ def test_torch_compile_runs_and_matches_eager(kind):
     x = image(n=1, h=9, w=11)
     torch._dynamo.reset()
     compiled = torch.compile(net)
-    with torch.no_grad():
-        for request in (dict(scale=(2.0, 1.5)), dict(out_size=(20, 30))):
-            assert torch.allclose(compiled(x, **request), net(x, **request), atol=1e-5, rtol=0), request
+    with torch.no_grad():  # one request: each new output size recompiles (~1 min on 2 cores)
+        assert torch.allclose(compiled(x, scale=(2.0, 1.5)), net(x, scale=(2.0, 1.5)), atol=1e-5, rtol=0)
     torch._dynamo.reset()

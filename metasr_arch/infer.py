@@ -199,7 +199,19 @@ def load_network(opt: Optional[str] = None, ckpt: Optional[str] = None, param_ke
         raise ValueError(f'--ckpt {ckpt} records no network_opt; pass the training options with --opt')
     state, key = select_params(checkpoint, param_key, ckpt)
     net = build_and_load(network_opt, state, source=f'--ckpt {ckpt} [{key}]')
+    # MetaSRModel's bicubic_skip: the network predicts the residual over bicubic, recorded in the checkpoint
+    # (or set at the top level of the training options file)
+    net.metasr_bicubic_skip = bool(checkpoint.get('bicubic_skip', False) or _yaml_bicubic_skip(opt))
     return net.to(device)
+
+
+def _yaml_bicubic_skip(path: Optional[str]) -> bool:
+    if path is None:
+        return False
+    import yaml
+    with open(path, encoding='utf-8') as f:
+        opt = yaml.safe_load(f)
+    return bool(isinstance(opt, dict) and opt.get('bicubic_skip', False))
 
 
 def set_impl(net: nn.Module, impl: str) -> int:
@@ -348,6 +360,9 @@ def run_network(net: nn.Module, x: torch.Tensor, scale=None, out_size=None, tile
             y = tiled_forward(net, x, scale=scale, out_size=out_size, tile=tile, overlap=tile_overlap)
         else:
             y = net(x, scale=scale, out_size=out_size)
+        if getattr(net, 'metasr_bicubic_skip', False):
+            from metasr_arch.utils.resize import imresize_to
+            y = y + imresize_to(x, tuple(y.shape[-2:])).to(y.dtype)
     if tuple(y.shape[-2:]) != (spec.out_h, spec.out_w):
         raise RuntimeError(f'{type(net).__name__} returned {tuple(y.shape[-2:])}, expected exactly '
                            f'{(spec.out_h, spec.out_w)} for r = ({spec.r_v:g}, {spec.r_h:g})')

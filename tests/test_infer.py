@@ -319,3 +319,24 @@ def test_module_and_script_entry_points(tmp_path, ckpt):
         assert proc.returncode == 0, proc.stderr
         assert (tmp_path / 'o' / 'a_X2.00.png').is_file()
         (tmp_path / 'o' / 'a_X2.00.png').unlink()
+
+
+def test_bicubic_skip_checkpoint_adds_bicubic(tmp_path):
+    """A checkpoint saved with bicubic_skip (MetaSRModel option) gets the same skip at inference."""
+    import torch
+    from metasr_arch.infer import load_network, run_network
+    from metasr_arch.utils.resize import imresize_to
+    net_opt = {'type': 'MetaRDN', 'num_feat': 8, 'num_block': 1, 'num_layer': 1, 'num_grow_ch': 4,
+               'hidden_channels': 8}
+    import basicsr.archs
+    net = basicsr.archs.build_network(dict(net_opt))
+    state = net.state_dict()
+    for skip in (False, True):
+        path = tmp_path / f'ckpt_{skip}.pth'
+        torch.save({'params': state, 'network_opt': net_opt, 'bicubic_skip': skip}, path)
+        loaded = load_network(None, str(path))
+        x = torch.rand(1, 3, 7, 9)
+        y = run_network(loaded, x, scale=2.5)
+        with torch.no_grad():
+            ref = net(x, scale=2.5) + (imresize_to(x, (17, 22)) if skip else 0)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)

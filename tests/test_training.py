@@ -235,3 +235,32 @@ def test_option_files_are_valid(name):
     build_network(deepcopy(opt['network_g']))
     if 'grid' in name:  # 96 x 144 -> exactly 721 x 1440
         assert resolve_scale(96, 144, out_size=opt['train']['out_size'])[2:] == (721, 1440)
+
+
+@pytest.mark.slow
+def test_auto_resume_on_cpu(tmp_path):
+    """``--auto_resume`` continues from the last training state on a machine without CUDA."""
+    write_images(tmp_path / 'train', 2, 48, 48)
+    write_images(tmp_path / 'val', 1, 30, 26)
+    with open(os.path.join(REPO, 'options', 'train', 'demo_MetaRDN.yml')) as f:
+        opt = yaml.safe_load(f)
+    opt['name'] = 'resume'
+    opt['network_g'].update(NET)
+    opt['datasets']['train'].update(dataroot_gt=str(tmp_path / 'train'), materialize=None, gt_size=24,
+                                    num_worker_per_gpu=0, batch_size_per_gpu=2, dataset_enlarge_ratio=1)
+    opt['datasets']['val'].update(dataroot_gt=str(tmp_path / 'val'), materialize=None)
+    opt['train'].update(lr_patch_size=8, total_iter=2)
+    opt['val'].update(val_freq=2, scales=[2])
+    opt['logger'].update(print_freq=1, save_checkpoint_freq=2)
+    env = dict(os.environ, METASR_ROOT=str(tmp_path))
+    for total in (2, 4):
+        opt['train']['total_iter'] = total
+        (tmp_path / 'train.yml').write_text(yaml.safe_dump(opt))
+        run = subprocess.run([sys.executable, '-m', 'metasr_arch.train', '-opt', str(tmp_path / 'train.yml'),
+                              '--auto_resume'], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+    logs = sorted((tmp_path / 'experiments' / 'resume').glob('train_resume_*.log'))
+    assert any('Resuming training from epoch' in p.read_text() for p in logs)
+    recs = [json.loads(s) for s in (tmp_path / 'experiments' / 'resume' / 'metrics.jsonl').read_text().splitlines()]
+    # BasicSR validates at val_freq and once more after the last iteration: two records per run
+    assert [r['iter'] for r in recs] == [2, 2, 4, 4]

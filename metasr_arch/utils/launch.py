@@ -44,6 +44,36 @@ def patch_init_dist() -> None:
         options.init_dist = patched
 
 
+def patch_load_resume_state() -> None:
+    """Make ``basicsr.train.load_resume_state`` work without CUDA.
+
+    BasicSR maps the resumed state onto ``torch.cuda.current_device()``, which fails on CPU machines,
+    and its ``torch.load`` predates ``weights_only``. On CPU-only machines the wrapper loads onto the
+    CPU with ``weights_only=False`` (training states hold optimizer and scheduler objects, written by
+    this project's own runs); elsewhere BasicSR's function runs unchanged.
+    """
+    import basicsr.train as train
+    if getattr(train.load_resume_state, '_metasr_patched', False):
+        return
+    original = train.load_resume_state
+
+    def load_resume_state(opt):
+        if torch.cuda.is_available():
+            return original(opt)
+        real_load = train.torch.load
+        real_device = torch.cuda.current_device
+        try:
+            train.torch.load = lambda f, map_location=None, **kw: real_load(f, map_location='cpu', weights_only=False)
+            torch.cuda.current_device = lambda: 0
+            return original(opt)
+        finally:
+            train.torch.load = real_load
+            torch.cuda.current_device = real_device
+
+    load_resume_state._metasr_patched = True
+    train.load_resume_state = load_resume_state
+
+
 def experiment_root() -> str:
     """Folder under which experiments/, results/ and tb_logger/ go: $METASR_ROOT or the working directory."""
     return os.path.abspath(os.environ.get('METASR_ROOT', os.getcwd()))
@@ -54,4 +84,5 @@ def run_pipeline(pipeline: Callable[[str], None], argv: Optional[Sequence[str]] 
     if argv is not None:
         sys.argv = [sys.argv[0]] + list(argv)
     patch_init_dist()
+    patch_load_resume_state()
     pipeline(experiment_root())

@@ -170,18 +170,24 @@ def write_images(folder, n, h, w):
         cv2.imwrite(os.path.join(folder, f'im{i}.png'), base)
 
 
-@pytest.mark.slow
-def test_end_to_end_train_then_test(tmp_path):
-    """``python -m metasr_arch.train`` for 3 iterations on tiny data, then ``python -m metasr_arch.test``."""
-    write_images(tmp_path / 'train', 3, 48, 48)
+def tiny_demo_opt(tmp_path, name: str, n_train: int = 3) -> dict:
+    """The demo options shrunk to a tiny network on tiny images written under ``tmp_path``."""
+    write_images(tmp_path / 'train', n_train, 48, 48)
     write_images(tmp_path / 'val', 1, 30, 26)
     with open(os.path.join(REPO, 'options', 'train', 'demo_MetaRDN.yml')) as f:
         opt = yaml.safe_load(f)
-    opt['name'] = 'e2e'
+    opt['name'] = name
     opt['network_g'].update(NET)
     opt['datasets']['train'].update(dataroot_gt=str(tmp_path / 'train'), materialize=None, gt_size=24,
                                     num_worker_per_gpu=0, batch_size_per_gpu=2, dataset_enlarge_ratio=1)
     opt['datasets']['val'].update(dataroot_gt=str(tmp_path / 'val'), materialize=None)
+    return opt
+
+
+@pytest.mark.slow
+def test_end_to_end_train_then_test(tmp_path):
+    """``python -m metasr_arch.train`` for 3 iterations on tiny data, then ``python -m metasr_arch.test``."""
+    opt = tiny_demo_opt(tmp_path, 'e2e')
     opt['train'].update(lr_patch_size=8, total_iter=3)
     opt['val'].update(val_freq=3, tile={'size': 8, 'overlap': 5})
     opt['logger'].update(print_freq=1, save_checkpoint_freq=3)
@@ -240,15 +246,7 @@ def test_option_files_are_valid(name):
 @pytest.mark.slow
 def test_auto_resume_on_cpu(tmp_path):
     """``--auto_resume`` continues from the last training state on a machine without CUDA."""
-    write_images(tmp_path / 'train', 2, 48, 48)
-    write_images(tmp_path / 'val', 1, 30, 26)
-    with open(os.path.join(REPO, 'options', 'train', 'demo_MetaRDN.yml')) as f:
-        opt = yaml.safe_load(f)
-    opt['name'] = 'resume'
-    opt['network_g'].update(NET)
-    opt['datasets']['train'].update(dataroot_gt=str(tmp_path / 'train'), materialize=None, gt_size=24,
-                                    num_worker_per_gpu=0, batch_size_per_gpu=2, dataset_enlarge_ratio=1)
-    opt['datasets']['val'].update(dataroot_gt=str(tmp_path / 'val'), materialize=None)
+    opt = tiny_demo_opt(tmp_path, 'resume', n_train=2)
     opt['train'].update(lr_patch_size=8, total_iter=2)
     opt['val'].update(val_freq=2, scales=[2])
     opt['logger'].update(print_freq=1, save_checkpoint_freq=2)

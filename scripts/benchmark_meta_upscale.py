@@ -17,48 +17,22 @@ Usage:
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
 import metasr_arch  # noqa: F401
 from metasr_arch.archs import MetaUpsample
-from metasr_arch.ops import resolve_scale
 from metasr_arch.ops.meta_upscale import flops
+from metasr_arch.utils.bench import OPERATOR_CASES, Case, time_it
 
 
-@dataclass(frozen=True)
-class Case:
-    name: str
-    n: int
-    c_in: int
-    c_out: int
-    h: int
-    w: int
-    scale: Optional[Tuple[float, float]] = None
-    out_size: Optional[Tuple[int, int]] = None
-
-    def spec(self):
-        return resolve_scale(self.h, self.w, self.scale, self.out_size)
-
-    def call_kwargs(self) -> dict:
-        return {'scale': self.scale} if self.scale is not None else {'out_size': self.out_size}
-
-
-CASES: Dict[str, Case] = {c.name: c for c in [
-    Case('train_x4', 16, 64, 3, 48, 48, scale=(4.0, 4.0)),
-    Case('train_x2.5x3.7', 16, 64, 3, 48, 48, scale=(2.5, 3.7)),
-    Case('train_x1.3x1.7', 16, 64, 3, 48, 48, scale=(1.3, 1.7)),
-    Case('infer_256_x4', 1, 64, 3, 256, 256, scale=(4.0, 4.0)),
-    Case('grid_96x144_to_721x1440', 1, 156, 1, 96, 144, out_size=(721, 1440)),
+CASES: Dict[str, Case] = {**OPERATOR_CASES, **{c.name: c for c in [
     # phases that never repeat on either axis: the phase table would be as large as per-pixel weights
     Case('grid_96x144_to_721x1439', 1, 156, 1, 96, 144, out_size=(721, 1439)),
-]}
+]}}
 IMPLS = ['im2col', 'gather', 'phase']
 
 
@@ -95,23 +69,6 @@ def saved_bytes_for_backward(fn) -> Tuple[torch.Tensor, int]:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
     return out, sum(seen.values())
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def time_it(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up (allocator, caches, lazy init)
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def run_case(case: Case, impl: str, device: torch.device, repeats: int, dtype=torch.float32) -> dict:

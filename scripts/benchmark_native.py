@@ -18,64 +18,26 @@ Usage:
     python scripts/benchmark_native.py --device cpu --cases train_x4 train_x2.5x3.7 --repeats 3
 """
 import argparse
-import statistics
-import time
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 
 import metasr_arch  # noqa: F401
 from metasr_arch.ops import axis_projection, native, phase_table_conv, resolve_scale
 from metasr_arch.ops.meta_upscale import flops, meta_upscale_im2col, per_pixel_projection
+from metasr_arch.utils.bench import OPERATOR_CASES, Case, sync, time_it
 
 K = 3
 
 
-@dataclass(frozen=True)
-class Case:
-    name: str
-    n: int
-    c_in: int
-    c_out: int
-    h: int
-    w: int
-    scale: Optional[Tuple[float, float]] = None
-    out_size: Optional[Tuple[int, int]] = None
-    gpu_only: bool = False
-
-
-CASES: Dict[str, Case] = {c.name: c for c in [
-    Case('train_x4', 16, 64, 3, 48, 48, scale=(4.0, 4.0)),
-    Case('train_x2.5x3.7', 16, 64, 3, 48, 48, scale=(2.5, 3.7)),
-    Case('train_x1.3x1.7', 16, 64, 3, 48, 48, scale=(1.3, 1.7)),
-    Case('infer_256_x4', 1, 64, 3, 256, 256, scale=(4.0, 4.0)),
-    Case('grid_96x144_to_721x1440', 1, 156, 1, 96, 144, out_size=(721, 1440)),
+CASES: Dict[str, Case] = {**OPERATOR_CASES, **{c.name: c for c in [
     Case('grid_96x144_to_721x1440_b8', 8, 156, 1, 96, 144, out_size=(721, 1440), gpu_only=True),
-]}
+]}}
 IMPLS = ['seed_loop', 'im2col', 'phase', 'native', 'native_px']
 PER_PIXEL = {'seed_loop', 'im2col', 'native_px'}
 # H100 SXM dense peaks (float32 without tensor cores, HBM3): the roofline for --device cuda.
 DEFAULT_PEAK_TFLOPS = 67.0
 DEFAULT_PEAK_GBPS = 3350.0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def time_it(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of ``fn`` after one warm-up run."""
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def estimate_bytes(case: Case, impl: str, elem: int = 4) -> int:
@@ -140,7 +102,7 @@ def run_case(case: Case, impl: str, device: torch.device, repeats: int, args) ->
     fwd, fwd_bwd = make_fns(impl, x, table, rows, cols)
     base = 0
     if device.type == 'cuda':
-        _sync(device)
+        sync(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     result['fwd_s'] = time_it(fwd, device, repeats)

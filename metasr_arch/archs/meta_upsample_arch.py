@@ -109,8 +109,7 @@ class MetaUpsample(nn.Module):
             return x.new_zeros(0, self.out_channels, spec.out_h, spec.out_w)
         rows = axis_projection(x.shape[2], spec.out_h, spec.r_v, x.device)
         cols = axis_projection(x.shape[3], spec.out_w, spec.r_h, x.device)
-        param = self.pos2weight.meta_block[0].weight
-        dtype = x.dtype if x.dtype == param.dtype else param.dtype
+        dtype = self.pos2weight.meta_block[0].weight.dtype  # the MLP runs in its own dtype
         if impl in ('im2col', 'gather'):
             pos = position_encoding(rows, cols, spec.r_v, spec.r_h, per_pixel=True, dtype=dtype)
             weights = self.pos2weight(pos).to(x.dtype)

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from basicsr.archs.arch_util import Upsample
 from torch import nn
 
-from metasr_arch.archs.metardn_arch import MetaRDN, MetaSRNet
+from metasr_arch.archs.metardn_arch import MetaRDN
+from metasr_arch.archs.metasr_base import MetaSRNet
 from metasr_arch.archs.swinir_meta_arch import SwinIRMeta
 
 SCALE = 4

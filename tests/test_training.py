@@ -4,7 +4,6 @@ import math
 import os
 import subprocess
 import sys
-from collections import OrderedDict
 from copy import deepcopy
 
 import cv2

@@ -9,8 +9,8 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from metasr_arch.archs.meta_upsample_arch import MetaUpsample
-from metasr_arch.archs.metardn_arch import (DEFAULT_RGB_MEAN, MeanArg, MetaSRNet, ScaleRangeArg, check_head_options,
-                                            check_positive_int, check_positive_real)
+from metasr_arch.archs.metasr_base import (DEFAULT_RGB_MEAN, MeanArg, MetaSRNet, ScaleRangeArg, check_head_options,
+                                           check_positive_int, check_positive_real)
 from metasr_arch.utils.registry import register
 
 RESI_CONNECTIONS = ('1conv', '3conv')

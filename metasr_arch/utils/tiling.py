@@ -20,7 +20,6 @@ output rows/columns that project into its core are pasted. That is exact only wh
 maps to an output pixel with the same phase (``y0 * r_v`` an integer, e.g. integer scales);
 elsewhere the phases of a tile differ slightly from the whole image's.
 """
-import math
 from typing import Callable, List, Optional, Tuple
 
 import torch

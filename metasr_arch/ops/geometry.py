@@ -151,6 +151,9 @@ def _axis_projection_on(in_len: int, out_len: int, r: float, device: str) -> Axi
         return AxisProjection(*(t.to(device) for t in cpu))
 
 
+# Excluded from torch.compile as a whole: torch.unique and .item() give data-dependent sizes, and
+# tracing into them would break the graph several times per axis; this way there is one break per call.
+@torch.compiler.disable
 def axis_projection(in_len: int, out_len: int, r: float, device: Optional[torch.device] = None) -> AxisProjection:
     """Project ``out_len`` high-resolution indices onto ``in_len`` low-resolution ones at scale ``r``.
 

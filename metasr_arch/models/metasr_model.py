@@ -382,6 +382,15 @@ class MetaSRModel(SRModel):
             current_iter = min(current_iter, int(self.opt['train']['total_iter']))
         dataset = dataloader.dataset
         dataset_name = dataset.opt['name']
+        # BasicSR validates once more after the last iteration; when total_iter is a multiple of
+        # val_freq the weights are those just validated, so repeating it would only add duplicate
+        # metrics.jsonl records (and minutes on large validation sets).
+        validated = self.__dict__.setdefault('_validated_at', set())
+        if self.opt['is_train'] and (dataset_name, current_iter) in validated:
+            get_root_logger().info(f'Validation {dataset_name}: already done at iter {current_iter} '
+                                   '(same weights); see the PSNR table above.')
+            return
+        validated.add((dataset_name, current_iter))
         float_data = bool(getattr(dataset, 'float_data', False))
         save_bicubic = bool(self.opt['val'].get('save_bicubic', False))
         metric_names = list(self.opt['val']['metrics'].keys())

@@ -285,3 +285,36 @@ def test_readme_python_snippets_run():
         exec(compile(block, 'README.md', 'exec'), scope)  # noqa: S102 (our own documentation)
         if 'y' in scope:  # the operator example: its last call asked for exactly 721 x 1440
             assert tuple(scope['y'].shape) == (1, 3, 721, 1440)
+
+
+# Paths a reader runs or opens: repository files named in commands, and relative Markdown links.
+# Outputs of runs (experiments/, results/, datasets/, tb_logger/) and placeholders are not checked.
+REPO_PATH = re.compile(r'(?<![\w/.-])((?:options|scripts|docs|metasr_arch|ops|tests)/[\w./-]+\.(?:yml|py|md|png))')
+MD_LINK = re.compile(r'\]\(((?!https?:|#)[^)#\s]+)(?:#[^)]*)?\)')
+
+
+def documentation_files():
+    return [ROOT / 'README.md', ROOT / 'BENCHMARKS.md'] + sorted((ROOT / 'docs').glob('*.md'))
+
+
+@pytest.mark.parametrize('doc', documentation_files(), ids=lambda p: p.name)
+def test_documented_paths_exist(doc):
+    """Every repository file a document names in a command or links to exists (a renamed options file
+    or script must not leave a dead command behind)."""
+    text = doc.read_text(encoding='utf-8')
+    missing = []
+    for block in re.findall(r'```(?:bash|sh|shell)?\n(.*?)```', text, re.S):
+        for path in REPO_PATH.findall(block):
+            if '*' not in path and not (ROOT / path).exists():
+                missing.append(path)
+    for link in MD_LINK.findall(text):
+        if not (doc.parent / link).exists():
+            missing.append(link)
+    assert not missing, f'{doc.name} names files that do not exist: {sorted(set(missing))}'
+
+
+def test_readme_has_no_placeholders():
+    """The README is finished text: no 'to be filled in' notes or template markers."""
+    text = (ROOT / 'README.md').read_text(encoding='utf-8')
+    for marker in ('to be filled', 'TODO', 'to be remade', 'filled in by'):
+        assert marker not in text, f'README.md still contains {marker!r}'

@@ -318,3 +318,22 @@ def test_readme_has_no_placeholders():
     text = (ROOT / 'README.md').read_text(encoding='utf-8')
     for marker in ('to be filled', 'TODO', 'to be remade', 'filled in by'):
         assert marker not in text, f'README.md still contains {marker!r}'
+
+
+def test_ci_demo_check(tmp_path):
+    """.ci/check_demo.py passes only when the last validation beats bicubic at every scale."""
+    spec = importlib.util.spec_from_file_location('check_demo', ROOT / '.ci' / 'check_demo.py')
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+
+    def write(records):
+        path = tmp_path / 'metrics.jsonl'
+        path.write_text(''.join(json.dumps(r) + '\n' for r in records))
+        return str(path)
+    rec = {'dataset': 'demo_val'}
+    early_loss = dict(rec, iter=1000, scale=[2, 2], psnr=30.0, psnr_bicubic=31.0)  # earlier: not judged
+    good = [early_loss, dict(rec, iter=3000, scale=[2, 2], psnr=32.0, psnr_bicubic=31.0),
+            dict(rec, iter=3000, scale=[1.5, 3], psnr=30.0, psnr_bicubic=29.5)]
+    assert check.main(write(good)) == 0
+    assert check.main(write(good + [dict(rec, iter=3000, scale=[3, 2], psnr=29.0, psnr_bicubic=29.0)])) == 1
+    assert check.main(write([])) == 1

@@ -1,5 +1,6 @@
 """MetaSR datasets: GT patches, benchmark pairs, .npy fields, the demo photographs, bad files."""
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -31,6 +32,30 @@ def test_gt_dataset_crops_rgb_patches_from_the_image(tmp_path):
     hits = [(i, j) for i in range(40 - 12 + 1) for j in range(50 - 20 + 1)
             if torch.allclose(rgb[:, i:i + 12, j:j + 20], gt)]
     assert len(hits) == 1
+
+
+def test_gt_dataset_reads_lmdb_like_the_folder(tmp_path):
+    """An LMDB made by BasicSR's own writer (what scripts/data_preparation/create_lmdb.py calls) gives
+    the same images, under the same keys, as the folder it was made from."""
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+    folder = tmp_path / 'HR'
+    folder.mkdir()
+    for i, (h, w) in enumerate([(20, 30), (17, 23)]):
+        write_rgb(folder / f'im{i}.png', h, w, seed=i)
+    make_lmdb_from_imgs(str(folder), str(tmp_path / 'HR.lmdb'), ['im0.png', 'im1.png'], ['im0', 'im1'],
+                        multiprocessing_read=False)
+    opt = {'name': 'v', 'phase': 'val'}
+    disk = MetaSRGTDataset(dict(opt, dataroot_gt=str(folder)))
+    lmdb = MetaSRGTDataset(dict(opt, dataroot_gt=str(tmp_path / 'HR.lmdb'), io_backend={'type': 'lmdb'}))
+    assert len(lmdb) == len(disk) == 2 and sorted(lmdb.paths) == ['im0', 'im1']
+    for i in range(2):
+        a, b = disk[i], lmdb[lmdb.paths.index(os.path.splitext(os.path.basename(disk[i]['gt_path']))[0])]
+        assert torch.equal(a['gt'], b['gt'])
+    # py-lmdb refuses to open one environment twice in a process: the training set reads a copy
+    shutil.copytree(tmp_path / 'HR.lmdb', tmp_path / 'train.lmdb')
+    train = MetaSRGTDataset(dict(opt, phase='train', gt_size=8, dataroot_gt=str(tmp_path / 'train.lmdb'),
+                                 io_backend={'type': 'lmdb'}))
+    assert train[1]['gt'].shape == (3, 8, 8)
 
 
 def test_gt_dataset_non_square_patches_keep_their_shape(tmp_path):

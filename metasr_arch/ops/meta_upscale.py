@@ -37,11 +37,12 @@ from .geometry import AxisProjection, ScaleArg, SizeArg, axis_projection, resolv
 FUNCTIONAL_IMPLS = ('auto', 'im2col', 'gather', 'cuda')
 # Bytes of transient buffers one chunk of the gather implementations may use.
 CHUNK_BYTES = 64 * 2**20
-# Relative cost per needed multiply-add of each strategy of ``phase_table_conv``, measured on the CPU
-# with scripts/benchmark_meta_upscale.py: 'conv' runs in one large convolution (cost = its waste,
-# the ratio of products computed to products needed), 'row' in per-row batched GEMMs (about 30x the
-# conv's cost per product), 'pixel' in one tiny product per output pixel (about 200x).
-ROW_MODE_FACTOR = 30.0
+# Relative cost per needed multiply-add of each strategy of ``phase_table_conv``: 'conv' runs in one
+# large convolution (cost = its waste, the ratio of products computed to products needed), 'row' in
+# per-row batched GEMMs (about 5x the conv's cost per product), 'pixel' in one tiny product per
+# output pixel (about 200x). Measured on an idle 2-core CPU with scripts/calibrate_table_modes.py
+# (BENCHMARKS.md): any row factor from 2 to 8 gives the same choices there; 5 is the median.
+ROW_MODE_FACTOR = 5.0
 PIXEL_MODE_COST = 200.0
 # The conv strategy's transient output grows with its waste; above this it is not used.
 CONV_MAX_BYTES = 1 << 30

@@ -337,3 +337,29 @@ def test_ci_demo_check(tmp_path):
     assert check.main(write(good)) == 0
     assert check.main(write(good + [dict(rec, iter=3000, scale=[3, 2], psnr=29.0, psnr_bicubic=29.0)])) == 1
     assert check.main(write([])) == 1
+
+
+def test_calibration_script_models_choose_table_mode():
+    """scripts/calibrate_table_modes.py re-implements the mode rule on product counts to search
+    constants: with the code's constants it must pick what ``choose_table_mode`` picks, and its
+    search must find constants that pick the fastest mode of synthetic timings."""
+    import importlib
+    from metasr_arch.ops.geometry import axis_projection, resolve_scale
+    calib = load_script('calibrate_table_modes.py')
+    mu = importlib.import_module('metasr_arch.ops.meta_upscale')
+    for name, n, c_in, h, w, scale, out_size in calib.SHAPES:
+        spec = resolve_scale(h, w, scale, out_size)
+        rows, cols = axis_projection(h, spec.out_h, spec.r_v), axis_projection(w, spec.out_w, spec.r_h)
+        counts = {m: calib.products(m, h, w, spec.out_h, spec.out_w, rows.phases.numel(), cols.phases.numel())
+                  for m in calib.MODES}
+        expected = mu.choose_table_mode(h, w, rows, cols)  # n = c_out = 1: conv is always allowed
+        assert calib.choose(counts, spec.out_h * spec.out_w, mu.ROW_MODE_FACTOR, mu.PIXEL_MODE_COST,
+                            calib.MODES) == expected, name
+    # synthetic: conv fastest where it computes few products, row where conv would waste a lot
+    results = []
+    for conv, row in ((100, 400), (10000, 400)):
+        counts = {'conv': conv, 'row': row, 'row_t': 10 * row, 'pixel': 100}
+        times = {'conv': conv * 1.0, 'row': row * 3.0, 'row_t': row * 30.0, 'pixel': 100 * 500.0}
+        results.append({'times': times, 'products': counts, 'needed': 100, 'fastest': min(times, key=times.get)})
+    row_factor, _, slowdown = calib.best_constants(results)
+    assert slowdown == 1.0 and 1 <= row_factor < 25

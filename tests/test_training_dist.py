@@ -52,3 +52,32 @@ def test_two_ranks_same_scales_and_parameters(tmp_path):
     from metasr_arch.utils.scale_sampler import build_scale_sampler
     sampler = build_scale_sampler(make_opt(tmp_path)['train']['scale_sampler'], seed=5)
     assert [tuple(s) for s in r0['scales']] == [sampler(t) for t in range(1, 4)]
+
+
+@pytest.mark.slow
+def test_readme_torchrun_command_trains_on_cpu(tmp_path):
+    """The README's command, ``torchrun --nproc_per_node=2 -m metasr_arch.train -opt X --launcher
+    pytorch``, on tiny demo options: two CPU ranks (gloo), one experiment folder, both ranks finish."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+    from test_training import tiny_demo_opt
+    opt = tiny_demo_opt(tmp_path, 'dist_cli')
+    opt['train'].update(lr_patch_size=8, total_iter=2)
+    opt['val'].update(val_freq=2, scales=[2, [1.5, 3]])
+    opt['logger'].update(print_freq=1, save_checkpoint_freq=2)
+    opt['dist_params'] = {'backend': 'nccl', 'port': _free_port()}  # as in the demo file: gloo replaces it
+    (tmp_path / 'o.yml').write_text(yaml.safe_dump(opt))
+    env = dict(os.environ, METASR_ROOT=str(tmp_path), OMP_NUM_THREADS='1')
+    run = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+                          f'--master_port={_free_port()}', '-m', 'metasr_arch.train', '-opt', str(tmp_path / 'o.yml'),
+                          '--launcher', 'pytorch'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    exp = tmp_path / 'experiments' / 'dist_cli'
+    assert (exp / 'models' / 'net_g_latest.pth').is_file()
+    log = next(exp.glob('train_dist_cli_*.log')).read_text()
+    assert 'world_size: 2' in log
+    recs = [json.loads(s) for s in (exp / 'metrics.jsonl').read_text().splitlines()]
+    assert len(recs) == 2 and {r['iter'] for r in recs} == {2}  # rank 0 writes, once per scale

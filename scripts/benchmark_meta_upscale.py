@@ -26,7 +26,7 @@ import torch
 import metasr_arch  # noqa: F401
 from metasr_arch.archs import MetaUpsample
 from metasr_arch.ops.meta_upscale import flops
-from metasr_arch.utils.bench import OPERATOR_CASES, Case, time_it
+from metasr_arch.utils.bench import OPERATOR_CASES, Case, report, time_it
 
 
 CASES: Dict[str, Case] = {**OPERATOR_CASES, **{c.name: c for c in [
@@ -179,10 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 results.append(run_case(case, impl, device, args.repeats))
             print(json.dumps(results[-1]), flush=True)
     table = to_markdown(results)
-    print(table)
-    if args.markdown:
-        with open(args.markdown, 'w') as f:
-            f.write(table + '\n')
+    report(table, args.markdown)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(results, f, indent=1)

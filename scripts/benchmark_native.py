@@ -25,7 +25,7 @@ import torch
 import metasr_arch  # noqa: F401
 from metasr_arch.ops import axis_projection, native, phase_table_conv, resolve_scale
 from metasr_arch.ops.meta_upscale import flops, meta_upscale_im2col, per_pixel_projection
-from metasr_arch.utils.bench import OPERATOR_CASES, Case, sync, time_it
+from metasr_arch.utils.bench import OPERATOR_CASES, Case, report, sync, time_it
 
 K = 3
 
@@ -186,10 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     name = torch.cuda.get_device_name(device) if gpu else f'CPU ({torch.get_num_threads()} threads)'
     table = f'Device: {name}; torch {torch.__version__}; float32; median of {args.repeats}\n\n' + \
         to_markdown(results, device)
-    print(table)
-    if args.markdown:
-        with open(args.markdown, 'w', encoding='utf-8') as f:
-            f.write(table + '\n')
+    report(table, args.markdown)
     return 0
 
 

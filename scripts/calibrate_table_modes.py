@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from metasr_arch.ops.geometry import axis_projection, resolve_scale  # noqa: E402
-from metasr_arch.utils.bench import sync, time_it  # noqa: E402
+from metasr_arch.utils.bench import report, sync, time_it  # noqa: E402
 
 # the module, not the function of the same name that metasr_arch.ops exports
 mu = importlib.import_module('metasr_arch.ops.meta_upscale')
@@ -140,10 +140,7 @@ def main(argv=None) -> int:
                  f'code; {slow:.2f}x with ROW_MODE_FACTOR = {row_factor:g}, PIXEL_MODE_COST = {pixel_cost:g} '
                  '(the best on a grid of candidates)')
     text = '\n'.join(lines)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, 'w', encoding='utf-8') as f:
-            f.write(text + '\n')
+    report(text, args.markdown)
     return 0
 
 

@@ -363,3 +363,35 @@ def test_calibration_script_models_choose_table_mode():
         results.append({'times': times, 'products': counts, 'needed': 100, 'fastest': min(times, key=times.get)})
     row_factor, _, slowdown = calib.best_constants(results)
     assert slowdown == 1.0 and 1 <= row_factor < 25
+
+
+@pytest.mark.slow
+def test_operator_benchmark_script_runs_and_reports(tmp_path):
+    """scripts/benchmark_meta_upscale.py on one training shape: the JSON has both implementations,
+    the operator's FLOPs, and the phase path saving fewer bytes for backward than im2col; the markdown
+    table has their ratio row."""
+    bench = load_script('benchmark_meta_upscale.py')
+    from metasr_arch.ops.meta_upscale import flops
+    md, js = tmp_path / 'b.md', tmp_path / 'b.json'
+    assert bench.main(['--cases', 'train_x1.3x1.7', '--impls', 'im2col', 'phase', '--repeats', '1',
+                       '--markdown', str(md), '--json', str(js)]) == 0
+    rows = {r['impl']: r for r in json.loads(js.read_text())}
+    case = bench.CASES['train_x1.3x1.7']
+    spec = case.spec()
+    assert rows['im2col']['gflop'] == pytest.approx(flops(case.n, case.c_in, case.c_out, spec.out_h, spec.out_w, 3) / 1e9)
+    assert 0 < rows['phase']['saved_bytes'] < rows['im2col']['saved_bytes']
+    assert '| train_x1.3x1.7 | phase |' in md.read_text() and 'x fewer' in md.read_text()
+
+
+def test_calibration_script_end_to_end(tmp_path, monkeypatch, capsys):
+    """scripts/calibrate_table_modes.py on two small shapes: a row per shape with the mode
+    ``choose_table_mode`` picks, and the constants' summary lines."""
+    calib = load_script('calibrate_table_modes.py')
+    monkeypatch.setattr(calib, 'SHAPES', [('x2', 1, 4, 6, 7, (2.0, 2.0), None),
+                                          ('x1.3x1.7', 1, 4, 6, 7, (1.3, 1.7), None)])
+    md = tmp_path / 'm.md'
+    assert calib.main(['--repeats', '1', '--markdown', str(md)]) == 0
+    text = md.read_text()
+    assert '| x2 |' in text and '| x1.3x1.7 |' in text
+    assert text.splitlines()[2].split('|')[-2].strip() == 'conv'  # x2: a sub-pixel convolution, no waste
+    assert 'Implied ROW_MODE_FACTOR' in text and 'Mean slowdown' in text

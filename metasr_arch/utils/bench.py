@@ -56,3 +56,11 @@ def time_it(fn: Callable[[], object], device: torch.device, repeats: int) -> flo
         sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def report(text: str, markdown_path: Optional[str] = None) -> None:
+    """Print a benchmark's table and, with ``--markdown PATH``, also write it there."""
+    print(text)
+    if markdown_path:
+        with open(markdown_path, 'w', encoding='utf-8') as f:
+            f.write(text + '\n')

@@ -17,10 +17,13 @@ Configurations:
   --reduced (for a 2-core CPU): the *same full-size networks*, batch 2 and 24x24 LR patches (x4 ->
       96x96; SwinIR img_size 24). Trunk and head costs both scale with the number of pixels, so the
       ratio stays representative while one iteration takes seconds instead of minutes.
+  --batch N: another batch size at the full patch size (SwinIR's batch 16 at 48x48 needs more than
+      24 GB of host memory on a CPU; batch 8 fits).
 
 Usage:
     python scripts/benchmark_models.py --reduced --repeats 3          # CPU
     python scripts/benchmark_models.py --device cuda --repeats 10       # the issue's configuration
+    python scripts/benchmark_models.py --trunks SwinIR --batch 8 --repeats 3   # full patch, CPU memory
 """
 import argparse
 import statistics
@@ -133,11 +136,17 @@ def main(argv=None) -> None:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--reduced', action='store_true', help='batch 2, 24x24 LR patches (2-core CPU)')
+    parser.add_argument('--batch', type=int, default=None,
+                        help='override the batch size (the full configuration of SwinIR needs > 24 GB on a CPU)')
     parser.add_argument('--impl', default='auto', help="MetaUpsample implementation ('auto')")
     parser.add_argument('--trunks', nargs='+', default=['RDN', 'SwinIR'], choices=['RDN', 'SwinIR'])
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     batch, patch = (2, 24) if args.reduced else (16, 48)
+    if args.batch is not None:
+        if args.batch < 1:
+            parser.error(f'--batch must be >= 1, got {args.batch}')
+        batch = args.batch
     torch.manual_seed(0)
     x = torch.rand(batch, 3, patch, patch, device=device)
     target = torch.rand(batch, 3, patch * SCALE, patch * SCALE, device=device)

@@ -378,12 +378,13 @@ def test_operator_benchmark_script_runs_and_reports(tmp_path):
     rows = {r['impl']: r for r in json.loads(js.read_text())}
     case = bench.CASES['train_x1.3x1.7']
     spec = case.spec()
-    assert rows['im2col']['gflop'] == pytest.approx(flops(case.n, case.c_in, case.c_out, spec.out_h, spec.out_w, 3) / 1e9)
+    expected_gflop = flops(case.n, case.c_in, case.c_out, spec.out_h, spec.out_w, 3) / 1e9
+    assert rows['im2col']['gflop'] == pytest.approx(expected_gflop)
     assert 0 < rows['phase']['saved_bytes'] < rows['im2col']['saved_bytes']
     assert '| train_x1.3x1.7 | phase |' in md.read_text() and 'x fewer' in md.read_text()
 
 
-def test_calibration_script_end_to_end(tmp_path, monkeypatch, capsys):
+def test_calibration_script_end_to_end(tmp_path, monkeypatch):
     """scripts/calibrate_table_modes.py on two small shapes: a row per shape with the mode
     ``choose_table_mode`` picks, and the constants' summary lines."""
     calib = load_script('calibrate_table_modes.py')

@@ -17,11 +17,12 @@ Usage:
     python scripts/calibrate_table_modes.py --repeats 3 --markdown modes.md
 """
 import argparse
+import functools
 import importlib
 import os
 import statistics
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -48,34 +49,22 @@ SHAPES: List[Tuple[str, int, int, int, int, Optional[Tuple[float, float]], Optio
 ]
 
 
-def products(mode: str, h: int, w: int, out_h: int, out_w: int, pv: int, ph: int) -> int:
-    """Multiply-adds per (C_in, C_out, tap) that a mode computes (the ``choose_table_mode`` model)."""
-    return {'conv': pv * ph * h * w, 'row': out_h * ph * w, 'row_t': out_w * pv * h,
-            'pixel': out_h * out_w}[mode]
-
-
-def choose(costs_in: Dict[str, int], needed: int, row_factor: float, pixel_cost: float, allowed) -> str:
-    """``choose_table_mode``'s rule with the given constants, on precomputed product counts."""
-    costs = {'conv': costs_in['conv'], 'row': row_factor * costs_in['row'],
-             'row_t': row_factor * costs_in['row_t'], 'pixel': pixel_cost * needed}
-    return min((m for m in costs if m in allowed), key=costs.get)
-
-
 def best_constants(results: List[Dict[str, object]]) -> Tuple[float, float, float]:
     """(ROW_MODE_FACTOR, PIXEL_MODE_COST, mean slowdown) minimising the mean slowdown of the chosen
     mode against the fastest one over the measured shapes, on a grid of candidate values."""
     best = None
     for row_factor in (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40):
         for pixel_cost in (25, 50, 100, 150, 200, 300, 400):
-            slow = statistics.mean(
-                r['times'][choose(r['products'], r['needed'], row_factor, pixel_cost, r['times'])]
-                / r['times'][r['fastest']] for r in results)
+            slow = statistics.mean(r['times'][r['choose'](row_factor, pixel_cost)] / r['times'][r['fastest']]
+                                   for r in results)
             if best is None or slow < best[2] - 1e-9:
                 best = (row_factor, pixel_cost, slow)
     return best
 
 
-def measure(shape, repeats: int, device: torch.device) -> Dict[str, object]:
+def measure(shape, repeats: int, device: torch.device, timer: Callable = time_it) -> Dict[str, object]:
+    """Time every usable strategy on one shape; ``timer(fn, device, repeats)`` is ``time_it`` (tests
+    pass a fake one; ``fn.args[0]`` is the mode)."""
     name, n, c_in, h, w, scale, out_size = shape
     spec = resolve_scale(h, w, scale, out_size)
     rows, cols = axis_projection(h, spec.out_h, spec.r_v), axis_projection(w, spec.out_w, spec.r_h)
@@ -84,21 +73,21 @@ def measure(shape, repeats: int, device: torch.device) -> Dict[str, object]:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, c_in, h, w, generator=gen).to(device).requires_grad_()
     table = torch.randn(pv, ph, k, k, c_in, c_out, generator=gen).to(device).requires_grad_()
-    times = {}
-    for mode in MODES:
-        if mode == 'conv' and n * pv * ph * c_out * h * w * 4 > mu.CONV_MAX_BYTES:
-            continue
 
-        def step(mode=mode):
-            x.grad = table.grad = None
-            mu.phase_table_conv(x, table, rows, cols, mode=mode).sum().backward()
-        times[mode] = time_it(step, device, repeats)
+    def step(mode: str) -> None:
+        x.grad = table.grad = None
+        mu.phase_table_conv(x, table, rows, cols, mode=mode).sum().backward()
+
+    def choose(row_factor: float, pixel_cost: float) -> str:
+        return mu.choose_table_mode(h, w, rows, cols, n, c_out, 4, row_factor, pixel_cost)
+
+    # with unit weights the model's costs are the waste: products computed per product needed
+    waste = mu.table_mode_costs(h, w, rows, cols, n, c_out, 4, row_factor=1, pixel_cost=1)
+    times = {mode: timer(functools.partial(step, mode), device, repeats) for mode in MODES if mode in waste}
     sync(device)
-    counts = {m: products(m, h, w, spec.out_h, spec.out_w, pv, ph) for m in MODES}
-    per_product = {m: t / counts[m] for m, t in times.items()}
-    return {'name': name, 'times': times, 'per_product': per_product, 'products': counts,
-            'needed': spec.out_h * spec.out_w, 'fastest': min(times, key=times.get),
-            'chosen': mu.choose_table_mode(h, w, rows, cols, n, c_out, 4)}
+    return {'name': name, 'times': times, 'per_product': {m: t / waste[m] for m, t in times.items()},
+            'fastest': min(times, key=times.get), 'chosen': choose(mu.ROW_MODE_FACTOR, mu.PIXEL_MODE_COST),
+            'choose': choose}
 
 
 def main(argv=None) -> int:

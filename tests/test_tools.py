@@ -339,30 +339,23 @@ def test_ci_demo_check(tmp_path):
     assert check.main(write([])) == 1
 
 
-def test_calibration_script_models_choose_table_mode():
-    """scripts/calibrate_table_modes.py re-implements the mode rule on product counts to search
-    constants: with the code's constants it must pick what ``choose_table_mode`` picks, and its
-    search must find constants that pick the fastest mode of synthetic timings."""
-    import importlib
-    from metasr_arch.ops.geometry import axis_projection, resolve_scale
+def test_calibration_constant_search_finds_the_fastest_modes():
+    """scripts/calibrate_table_modes.py: with timings where the convolution wins at x2 (no waste) and
+    the transposed row GEMMs win at x(1.3, 1.7) (conv computes 42x the products needed here), the
+    constant search finds constants under which ``choose_table_mode`` picks the fastest mode on both
+    (slowdown 1); a row factor far above the measured one would keep the wasteful convolution."""
     calib = load_script('calibrate_table_modes.py')
-    mu = importlib.import_module('metasr_arch.ops.meta_upscale')
-    for name, n, c_in, h, w, scale, out_size in calib.SHAPES:
-        spec = resolve_scale(h, w, scale, out_size)
-        rows, cols = axis_projection(h, spec.out_h, spec.r_v), axis_projection(w, spec.out_w, spec.r_h)
-        counts = {m: calib.products(m, h, w, spec.out_h, spec.out_w, rows.phases.numel(), cols.phases.numel())
-                  for m in calib.MODES}
-        expected = mu.choose_table_mode(h, w, rows, cols)  # n = c_out = 1: conv is always allowed
-        assert calib.choose(counts, spec.out_h * spec.out_w, mu.ROW_MODE_FACTOR, mu.PIXEL_MODE_COST,
-                            calib.MODES) == expected, name
-    # synthetic: conv fastest where it computes few products, row where conv would waste a lot
+    fake = {'x2': {'conv': 1.0, 'row': 3.0, 'row_t': 3.0, 'pixel': 50.0},
+            'x1.3x1.7': {'conv': 9.0, 'row': 4.0, 'row_t': 2.0, 'pixel': 30.0}}
     results = []
-    for conv, row in ((100, 400), (10000, 400)):
-        counts = {'conv': conv, 'row': row, 'row_t': 10 * row, 'pixel': 100}
-        times = {'conv': conv * 1.0, 'row': row * 3.0, 'row_t': row * 30.0, 'pixel': 100 * 500.0}
-        results.append({'times': times, 'products': counts, 'needed': 100, 'fastest': min(times, key=times.get)})
-    row_factor, _, slowdown = calib.best_constants(results)
-    assert slowdown == 1.0 and 1 <= row_factor < 25
+    for shape in [('x2', 1, 4, 6, 7, (2.0, 2.0), None), ('x1.3x1.7', 1, 4, 6, 7, (1.3, 1.7), None)]:
+        results.append(calib.measure(shape, 1, torch.device('cpu'),
+                                     timer=lambda fn, device, repeats, name=shape[0]: fake[name][fn.args[0]]))
+    assert [r['fastest'] for r in results] == ['conv', 'row_t']
+    row_factor, pixel_cost, slowdown = calib.best_constants(results)
+    assert slowdown == 1.0
+    assert [r['choose'](row_factor, pixel_cost) for r in results] == ['conv', 'row_t']
+    assert results[1]['choose'](1000, 200) == 'conv'
 
 
 @pytest.mark.slow

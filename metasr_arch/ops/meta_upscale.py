@@ -280,25 +280,40 @@ def _conv_table(x: torch.Tensor, table: torch.Tensor, rows: AxisProjection, cols
     return y.index_select(2, row_sel).index_select(3, col_sel)
 
 
-def choose_table_mode(in_h: int, in_w: int, rows: AxisProjection, cols: AxisProjection, n: int = 1,
-                      c_out: int = 1, elem: int = 4) -> str:
-    """Pick how ``phase_table_conv`` evaluates a table: 'conv', 'row', 'row_t' (transposed) or 'pixel'.
+def table_mode_costs(in_h: int, in_w: int, rows: AxisProjection, cols: AxisProjection, n: int = 1,
+                     c_out: int = 1, elem: int = 4, row_factor: Optional[float] = None,
+                     pixel_cost: Optional[float] = None) -> Dict[str, float]:
+    """Estimated cost of each usable ``phase_table_conv`` strategy, in convolution multiply-adds per
+    needed multiply-add.
 
     Waste is the ratio of multiply-adds computed to those needed (H*W per channel pair): conv computes
     Pv*Ph*h*w, row H*Ph*w, the transposed row form W*Pv*h, pixel exactly H*W. Each is weighted by the
-    strategy's measured cost per product (``ROW_MODE_FACTOR``, ``PIXEL_MODE_COST``); the cheapest wins.
+    strategy's measured cost per product (``row_factor``, ``pixel_cost``; default ``ROW_MODE_FACTOR``,
+    ``PIXEL_MODE_COST``), so ``row_factor = pixel_cost = 1`` gives the waste itself. 'conv' is left
+    out when its output (n, Pv*Ph*C_out, h, w) of ``elem``-byte values would exceed ``CONV_MAX_BYTES``.
     """
+    row_factor = ROW_MODE_FACTOR if row_factor is None else row_factor
+    pixel_cost = PIXEL_MODE_COST if pixel_cost is None else pixel_cost
     out_h, out_w = rows.lr_index.numel(), cols.lr_index.numel()
     needed = max(1, out_h * out_w)
     pv, ph = rows.phases.numel(), cols.phases.numel()
     costs = {
         'conv': pv * ph * in_h * in_w / needed,
-        'row': ROW_MODE_FACTOR * out_h * ph * in_w / needed,
-        'row_t': ROW_MODE_FACTOR * out_w * pv * in_h / needed,
-        'pixel': PIXEL_MODE_COST,
+        'row': row_factor * out_h * ph * in_w / needed,
+        'row_t': row_factor * out_w * pv * in_h / needed,
+        'pixel': float(pixel_cost),
     }
     if n * pv * ph * c_out * in_h * in_w * elem > CONV_MAX_BYTES:
         del costs['conv']
+    return costs
+
+
+def choose_table_mode(in_h: int, in_w: int, rows: AxisProjection, cols: AxisProjection, n: int = 1,
+                      c_out: int = 1, elem: int = 4, row_factor: Optional[float] = None,
+                      pixel_cost: Optional[float] = None) -> str:
+    """Pick how ``phase_table_conv`` evaluates a table: 'conv', 'row', 'row_t' (transposed) or 'pixel',
+    the cheapest by ``table_mode_costs`` (same arguments)."""
+    costs = table_mode_costs(in_h, in_w, rows, cols, n, c_out, elem, row_factor, pixel_cost)
     return min(costs, key=costs.get)
 
 

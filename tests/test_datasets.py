@@ -54,8 +54,11 @@ def test_gt_dataset_reads_lmdb_like_the_folder(tmp_path):
     # py-lmdb refuses to open one environment twice in a process: the training set reads a copy
     shutil.copytree(tmp_path / 'HR.lmdb', tmp_path / 'train.lmdb')
     train = MetaSRGTDataset(dict(opt, phase='train', gt_size=8, dataroot_gt=str(tmp_path / 'train.lmdb'),
-                                 io_backend={'type': 'lmdb'}))
-    assert train[1]['gt'].shape == (3, 8, 8)
+                                 io_backend={'type': 'lmdb'}, use_hflip=False, use_rot=False))
+    patch, whole = train[1]['gt'], lmdb[1]['gt']  # both datasets list the keys in the same order
+    assert patch.shape == (3, 8, 8)
+    assert any(torch.equal(whole[:, i:i + 8, j:j + 8], patch)
+               for i in range(whole.shape[1] - 7) for j in range(whole.shape[2] - 7))  # a window of the image
 
 
 def test_gt_dataset_non_square_patches_keep_their_shape(tmp_path):

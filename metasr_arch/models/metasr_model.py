@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from copy import deepcopy
 from os import path as osp
-from typing import Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 import numpy as np
 import torch
@@ -171,6 +171,7 @@ class MetaSRModel(SRModel):
         self.current_iter = 0
         self.scale: Scale = (1.0, 1.0)
         self.out_size: Optional[Tuple[int, int]] = None
+        self._validated_at: Set[Tuple[str, int]] = set()  # (dataset, iter) pairs validated in this process
         super().__init__(opt)
 
     # ------------------------------------------------------------------ training settings
@@ -385,12 +386,11 @@ class MetaSRModel(SRModel):
         # BasicSR validates once more after the last iteration; when total_iter is a multiple of
         # val_freq the weights are those just validated, so repeating it would only add duplicate
         # metrics.jsonl records (and minutes on large validation sets).
-        validated = self.__dict__.setdefault('_validated_at', set())
-        if self.opt['is_train'] and (dataset_name, current_iter) in validated:
+        if self.opt['is_train'] and (dataset_name, current_iter) in self._validated_at:
             get_root_logger().info(f'Validation {dataset_name}: already done at iter {current_iter} '
                                    '(same weights); see the PSNR table above.')
             return
-        validated.add((dataset_name, current_iter))
+        self._validated_at.add((dataset_name, current_iter))
         float_data = bool(getattr(dataset, 'float_data', False))
         save_bicubic = bool(self.opt['val'].get('save_bicubic', False))
         metric_names = list(self.opt['val']['metrics'].keys())

@@ -303,7 +303,9 @@ def test_documented_paths_exist(doc):
     or script must not leave a dead command behind)."""
     text = doc.read_text(encoding='utf-8')
     missing = []
-    for block in re.findall(r'```(?:bash|sh|shell)?\n(.*?)```', text, re.S):
+    for lang, block in re.findall(r'^```(\w*)\n(.*?)^```', text, re.S | re.M):
+        if lang not in ('', 'bash', 'sh', 'shell'):
+            continue
         for path in REPO_PATH.findall(block):
             if '*' not in path and not (ROOT / path).exists():
                 missing.append(path)

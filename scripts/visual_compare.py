@@ -33,7 +33,10 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data'))
 from generate_multiscale_lr import make_lr  # noqa: E402  (the data convention, in one place)
 
-from metasr_arch.infer import load_network, parse_scale_text, read_sample, run_network, scale_tag  # noqa: E402
+from metasr_arch.utils.checkpoint import load_network  # noqa: E402
+from metasr_arch.utils.inference import run_network  # noqa: E402
+from metasr_arch.utils.naming import parse_scale_text, scale_tag  # noqa: E402
+from metasr_arch.utils.sample_io import read_sample  # noqa: E402
 from metasr_arch.ops.geometry import axis_projection, resolve_scale  # noqa: E402
 from metasr_arch.utils.resize import imresize_to  # noqa: E402
 

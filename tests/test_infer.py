@@ -18,7 +18,8 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from metasr_arch.archs import MetaUpsample
-from metasr_arch.infer import main, parse_scale_text, parse_size_text, scale_tag
+from metasr_arch.infer import main
+from metasr_arch.utils.naming import parse_scale_text, parse_size_text, scale_tag
 from metasr_arch.ops.geometry import axis_projection, resolve_scale
 from metasr_arch.utils.registry import register
 
@@ -324,7 +325,8 @@ def test_module_and_script_entry_points(tmp_path, ckpt):
 def test_bicubic_skip_checkpoint_adds_bicubic(tmp_path):
     """A checkpoint saved with bicubic_skip (MetaSRModel option) gets the same skip at inference."""
     import torch
-    from metasr_arch.infer import load_network, run_network
+    from metasr_arch.utils.checkpoint import load_network
+    from metasr_arch.utils.inference import run_network
     from metasr_arch.utils.resize import imresize_to
     net_opt = {'type': 'MetaRDN', 'num_feat': 8, 'num_block': 1, 'num_layer': 1, 'num_grow_ch': 4,
                'hidden_channels': 8}

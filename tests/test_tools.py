@@ -267,11 +267,11 @@ def test_documented_tool_commands_parse():
         except SystemExit:
             pytest.fail(f'{doc}: `{tool} {" ".join(args)}` is rejected by its parser')
         if tool in ('metasr_arch.infer', 'scripts/inference_metasr.py'):
-            from metasr_arch.infer import parse_scale_text, parse_size_text
+            from metasr_arch.utils.naming import parse_scale_text, parse_size_text
             ns = parser.parse_args(args)
             [parse_scale_text(s) for s in ns.scale] + [parse_size_text(s) for s in ns.size]
         if tool in ('scripts/data/generate_multiscale_lr.py', 'scripts/visual_compare.py'):
-            from metasr_arch.infer import parse_scale_text
+            from metasr_arch.utils.naming import parse_scale_text
             [parse_scale_text(s) for s in parser.parse_args(args).scales]
 
 

@@ -32,6 +32,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 
 from metasr_arch.data.metasr_gt_dataset import IMAGE_EXTS, read_image
 from metasr_arch.ops.geometry import resolve_scale
+from metasr_arch.utils.naming import scale_tag
 from metasr_arch.utils.registry import register
 from metasr_arch.utils.scale_sampler import parse_scale_list
 
@@ -49,7 +50,6 @@ def folder_scale(name: str) -> Tuple[float, float]:
 
 def folder_name(r_v: float, r_h: float) -> str:
     """Scale folder name of (r_v, r_h) (the project's one naming rule)."""
-    from metasr_arch.infer import scale_tag
     return scale_tag(r_v, r_h)
 
 

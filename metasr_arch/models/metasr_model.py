@@ -37,6 +37,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 
 from metasr_arch.ops.geometry import parse_scale, resolve_scale
 from metasr_arch.utils.registry import register
+from metasr_arch.utils.naming import scale_tag
 from metasr_arch.utils.resize import imresize_to
 from metasr_arch.utils.scale_sampler import build_scale_sampler, parse_scale_list
 from metasr_arch.utils.tiling import tiled_forward
@@ -49,12 +50,6 @@ DEFAULT_METRICS = OrderedDict([
 
 
 # --------------------------------------------------------------------------- helpers
-def scale_tag(r_v: float, r_h: float) -> str:
-    """``X2.50`` (symmetric) or ``X2.00_X3.50`` (r_v x r_h), as the benchmark folders and the CLI."""
-    from metasr_arch.infer import scale_tag as _tag  # one naming rule for the whole project
-    return _tag(r_v, r_h)
-
-
 def plain(obj):
     """Options (OrderedDicts from BasicSR's YAML loader) as plain dicts/lists, loadable with weights_only."""
     return json.loads(json.dumps(obj))

@@ -39,7 +39,8 @@ import cv2
 import numpy as np
 import torch
 
-from metasr_arch.infer import ARRAY_EXTS, IMAGE_EXTS, atomic_write_bytes, parse_scale_text, scale_tag
+from metasr_arch.utils.naming import parse_scale_text, scale_tag
+from metasr_arch.utils.sample_io import ARRAY_EXTS, IMAGE_EXTS, atomic_write_bytes
 from metasr_arch.ops.geometry import resolve_scale
 from metasr_arch.utils.resize import imresize_to
 

@@ -1,0 +1,150 @@
+"""Loading trained networks for inference: checkpoints (read without executing pickled code),
+network options, strict state-dict loading through BasicSR's registry, and small helpers on the
+loaded network (operator implementation, input channels)."""
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from metasr_arch.archs.meta_upsample_arch import MetaUpsample
+
+
+def _load_yaml(path: str) -> dict:
+    import yaml
+    try:
+        with open(path, encoding='utf-8') as f:
+            opt = yaml.safe_load(f)
+    except OSError as err:
+        raise ValueError(f'--opt {path}: cannot read the options file ({err.strerror})') from None
+    except yaml.YAMLError as err:
+        raise ValueError(f'--opt {path}: not valid YAML ({err})') from None
+    if isinstance(opt, dict) and isinstance(opt.get('network_g'), dict):
+        return dict(opt['network_g'])
+    if isinstance(opt, dict) and 'type' in opt:
+        return dict(opt)
+    raise ValueError(f'--opt {path}: expected a BasicSR options file with a network_g section '
+                     '(or a network options dict with a type)')
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read a checkpoint on the CPU without executing pickled code (``weights_only=True``)."""
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f'--ckpt {path}: no such file') from None
+    except Exception as err:  # noqa: BLE001 (torch raises many types for corrupt files)
+        raise ValueError(f'--ckpt {path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})') from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f'--ckpt {path}: expected a dict, got {type(ckpt).__name__}')
+    return ckpt
+
+
+def select_params(ckpt: dict, param_key: Optional[str], path: str = '') -> Tuple[Dict[str, torch.Tensor], str]:
+    """The state dict of ``ckpt`` under ``param_key``; default ``params_ema``, else ``params``.
+
+    A bare state dict (all values tensors) is accepted when no key is requested.
+    """
+    if param_key is not None:
+        if param_key not in ckpt:
+            keys = sorted(k for k in ckpt if isinstance(ckpt[k], dict))
+            raise ValueError(f'--param-key {param_key!r} is not in checkpoint {path}; it has {keys}')
+        return ckpt[param_key], param_key
+    for key in ('params_ema', 'params'):
+        if isinstance(ckpt.get(key), dict):
+            return ckpt[key], key
+    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return ckpt, '(state dict)'
+    raise ValueError(f'--ckpt {path}: has neither params_ema nor params (keys: {sorted(ckpt)})')
+
+
+def build_and_load(network_opt: dict, state: Dict[str, torch.Tensor], source: str = 'checkpoint') -> nn.Module:
+    """Build ``network_opt`` through BasicSR's registry and load ``state`` strictly.
+
+    Raises:
+        ValueError naming the network type and the mismatching keys/shapes.
+    """
+    from basicsr.archs import build_network
+    from basicsr.utils.registry import ARCH_REGISTRY
+    net_type = network_opt.get('type')
+    if net_type not in ARCH_REGISTRY:
+        raise ValueError(f'network type {net_type!r} is not registered in ARCH_REGISTRY '
+                         '(is the module defining it imported?)')
+    net = build_network(network_opt)
+    # Checkpoints saved from DistributedDataParallel wrappers prefix every key with 'module.'.
+    state = {(k[7:] if k.startswith('module.') else k): v for k, v in state.items()}
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f'{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(own[k].shape)}'
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        def few(items):
+            return ', '.join(items[:5]) + (f' (+{len(items) - 5} more)' if len(items) > 5 else '')
+        details = [f'missing keys: {few(missing)}' if missing else '',
+                   f'unexpected keys: {few(unexpected)}' if unexpected else '',
+                   f'shape mismatches: {few(shapes)}' if shapes else '']
+        raise ValueError(f'{source} does not match the network {net_type} built from its options; '
+                         + '; '.join(d for d in details if d))
+    net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+def load_network(opt: Optional[str] = None, ckpt: Optional[str] = None, param_key: Optional[str] = None,
+                 device: Union[str, torch.device] = 'cpu') -> nn.Module:
+    """A network ready for inference, from an options YAML plus checkpoint, or a checkpoint alone.
+
+    Args:
+        opt: BasicSR options file (its ``network_g`` is used) or a YAML of network options; optional
+            when the checkpoint records ``network_opt`` (MetaSRModel's checkpoints do).
+        ckpt: checkpoint path (BasicSR format ``{'params': ..., 'params_ema': ...}``).
+        param_key: which weights to use; default ``params_ema`` when present, else ``params``.
+        device: where the network goes.
+    """
+    if ckpt is None:
+        raise ValueError('--ckpt is required (a checkpoint with params or params_ema)')
+    checkpoint = load_checkpoint(ckpt)
+    if opt is not None:
+        network_opt = _load_yaml(opt)
+    elif isinstance(checkpoint.get('network_opt'), dict):
+        network_opt = dict(checkpoint['network_opt'])
+    else:
+        raise ValueError(f'--ckpt {ckpt} records no network_opt; pass the training options with --opt')
+    state, key = select_params(checkpoint, param_key, ckpt)
+    net = build_and_load(network_opt, state, source=f'--ckpt {ckpt} [{key}]')
+    # MetaSRModel's bicubic_skip: the network predicts the residual over bicubic, recorded in the checkpoint
+    # (or set at the top level of the training options file)
+    net.metasr_bicubic_skip = bool(checkpoint.get('bicubic_skip', False) or _yaml_bicubic_skip(opt))
+    return net.to(device)
+
+
+def _yaml_bicubic_skip(path: Optional[str]) -> bool:
+    if path is None:
+        return False
+    import yaml
+    with open(path, encoding='utf-8') as f:
+        opt = yaml.safe_load(f)
+    return bool(isinstance(opt, dict) and opt.get('bicubic_skip', False))
+
+
+def set_impl(net: nn.Module, impl: str) -> int:
+    """Set ``impl`` on every MetaUpsample of ``net`` (a GPU-trained 'cuda' model run on a CPU, say).
+
+    Returns:
+        the number of heads changed.
+    """
+    heads = [m for m in net.modules() if isinstance(m, MetaUpsample)]
+    for head in heads:
+        head.impl = impl
+    return len(heads)
+
+
+def network_channels(net: nn.Module) -> int:
+    """Input channels of ``net``: its ``num_in_ch``/``in_chans`` attribute or its first convolution."""
+    for attr in ('num_in_ch', 'in_chans', 'in_channels'):
+        value = getattr(net, attr, None)
+        if isinstance(value, int):
+            return value
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    raise ValueError(f'cannot tell the input channels of {type(net).__name__}; give it a num_in_ch attribute')

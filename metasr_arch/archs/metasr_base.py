@@ -15,6 +15,7 @@ from torch import nn
 
 from metasr_arch.archs.meta_upsample_arch import MODULE_IMPLS, MetaUpsample
 from metasr_arch.ops.geometry import ScaleArg, ScaleSpec, SizeArg, resolve_scale
+from metasr_arch.utils.memory import check_request
 
 DEFAULT_RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K RGB mean, as in BasicSR's RCAN/SwinIR and the Meta-SR code
 MeanArg = Union[float, Sequence[float]]
@@ -177,12 +178,21 @@ class MetaSRNet(nn.Module):
         self.upsample.impl = value
 
     def _resolve(self, x: torch.Tensor, scale: ScaleArg, out_size: SizeArg) -> ScaleSpec:
-        """Validate ``x`` and the request; warn once when the scale lies outside ``scale_range``."""
+        """Validate ``x`` and the request; warn once when the scale lies outside ``scale_range``.
+
+        Raises:
+            RequestTooLargeError (a ValueError) when the output cannot fit in memory
+            (``metasr_arch.utils.memory``; ``METASR_MEMORY_LIMIT`` sets the limit).
+        """
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f'x must be a 4-D tensor (N, C, h, w), got {getattr(x, "shape", type(x).__name__)}')
         if x.shape[1] != self.num_in_ch:
             raise ValueError(f'x has {x.shape[1]} channels, the network expects {self.num_in_ch}')
         spec = resolve_scale(x.shape[2], x.shape[3], scale, out_size)
+        # before any allocation: --scale 1e6 would otherwise run for minutes and exhaust the memory
+        check_request(x.shape[0], self.upsample.in_channels, self.num_out_ch, x.shape[2], x.shape[3], spec.out_h,
+                      spec.out_w, self.upsample.kernel_size, x.element_size(), x.device,
+                      what=f'{type(self).__name__} at (r_v, r_h) = ({spec.r_v:g}, {spec.r_h:g})')
         if self.scale_range is not None and not self._range_warned:
             (lo_v, hi_v), (lo_h, hi_h) = self.scale_range
             if not (lo_v - _RANGE_EPS <= spec.r_v <= hi_v + _RANGE_EPS

@@ -73,6 +73,11 @@ def read_sample(path: Union[str, Path]) -> Sample:
     return Sample(data, None if alpha is None else torch.from_numpy(alpha)[None], 'image', depth)
 
 
+def output_suffix(path: Union[str, Path]) -> str:
+    """The extension ``write_sample`` gives the output of input ``path``: ``.npy`` for arrays, else ``.png``."""
+    return '.npy' if Path(path).suffix.lower() in ARRAY_EXTS else '.png'
+
+
 def write_sample(sample: Sample, data: torch.Tensor, alpha: Optional[torch.Tensor], path: Path) -> Path:
     """Write an output (C, H, W) (and alpha (1, H, W)) like its input; returns the path written.
 

@@ -9,6 +9,10 @@ Inputs are image files (PNG/JPEG/TIFF/BMP/WebP, 8- or 16-bit, grey/RGB/RGBA) and
 given as files or folders. Each input is written once per requested scale or size to
 ``<output>/<stem>_<tag>.<ext>`` where ``tag`` is ``X2.50`` (symmetric), ``X2.00_X3.50``
 (``r_v x r_h``) or ``721x1440`` (an exact size), the same spelling as the benchmark folders.
+All output paths are planned first: an output that is an input is refused (inputs are never
+overwritten), an existing output needs ``--overwrite``, and in input folders files named like this
+run's outputs of another file there are skipped (see ``plan_outputs`` and ``collect_inputs``).
+Requests whose output cannot fit in memory are refused before running (``metasr_arch.utils.memory``).
 
 Data conventions (why they are so):
 

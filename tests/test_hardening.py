@@ -259,7 +259,8 @@ def test_module_api_refuses_beyond_the_configurable_limit(monkeypatch):
 
 def test_max_pixels_option(tmp_path, ckpt, capsys):
     image(tmp_path / 'a.png', 8, 8)
-    assert infer(tmp_path / 'a.png', '--ckpt', ckpt, '--scale', '2', '3', '--max-pixels', '256', '-o', tmp_path / 'o') == 1
+    assert infer(tmp_path / 'a.png', '--ckpt', ckpt, '--scale', '2', '3', '--max-pixels', '256',
+                 '-o', tmp_path / 'o') == 1
     assert 'has 576 pixels, more than --max-pixels 256' in capsys.readouterr().err
     assert [p.name for p in (tmp_path / 'o').iterdir()] == ['a_X2.00.png']
 
@@ -358,3 +359,15 @@ def test_empty_batch_backward_gives_zero_gradients():
     assert y.shape == (0, 3, 12, 12)
     y.sum().backward()
     assert torch.equal(w.grad, torch.zeros_like(w))
+
+
+def test_cuda_limit_is_free_plus_unused_reserved(monkeypatch):
+    """The CUDA branch (no GPU here): free device memory plus what torch's allocator reserved but does not use."""
+    from metasr_arch.utils import memory
+    monkeypatch.delenv('METASR_MEMORY_LIMIT', raising=False)
+    monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device=None: (10 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, 'memory_reserved', lambda device=None: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, 'memory_allocated', lambda device=None: 2 * 2**30)
+    assert memory.memory_limit('cuda:0') == (11 * 2**30, 'free memory of cuda:0')
+    with pytest.raises(RequestTooLargeError, match=r'limit of 11 GiB \(free memory of cuda:0\)'):
+        memory.check_request(1, 64, 3, 100, 100, 40000, 40000, device='cuda:0')

@@ -51,7 +51,8 @@ def check_network_options(net_opt: Mapping, section: str = 'network_g') -> None:
     net_type = net_opt['type']
     registered = sorted(ARCH_REGISTRY._obj_map)  # noqa: SLF001 (BasicSR has no public listing)
     if net_type not in ARCH_REGISTRY:
-        raise OptionError(f'{section}.type: {net_type!r} is not a registered architecture{_closest(str(net_type), registered)}')
+        raise OptionError(f'{section}.type: {net_type!r} is not a registered architecture'
+                          f'{_closest(str(net_type), registered)}')
     try:
         params = inspect.signature(ARCH_REGISTRY.get(net_type)).parameters
     except (TypeError, ValueError):  # no introspectable signature: BasicSR's build_network will tell

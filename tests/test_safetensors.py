@@ -116,24 +116,32 @@ def test_train_with_safetensors_then_infer_and_pretrain(tmp_path):
         assert torch.equal(model.net_g.eval()(x, scale=2.5), net(x, scale=2.5))
 
 
-def test_converter_round_trip(tmp_path):
+def load_converter():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('convert_checkpoint', os.path.join(REPO, 'scripts',
+                                                                                     'convert_checkpoint.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_converter_round_trip(tmp_path, capsys):
     ckpt = sample_checkpoint()
     torch.save(ckpt, tmp_path / 'in.pth')
     script = os.path.join(REPO, 'scripts', 'convert_checkpoint.py')
-    for src, dst in (('in.pth', 'mid.safetensors'), ('mid.safetensors', 'out.pth')):
-        run = subprocess.run([sys.executable, script, str(tmp_path / src), str(tmp_path / dst)], env=ENV,
-                             capture_output=True, text=True, timeout=120)
-        assert run.returncode == 0, run.stderr[-2000:]
+    run = subprocess.run([sys.executable, script, str(tmp_path / 'in.pth'), str(tmp_path / 'mid.safetensors')],
+                         env=ENV, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
     assert is_safetensors_file(tmp_path / 'mid.safetensors')
+    converter = load_converter()
+    assert converter.main([str(tmp_path / 'mid.safetensors'), str(tmp_path / 'out.pth')]) == 0
     back = torch.load(tmp_path / 'out.pth', weights_only=True)
     assert set(back) == set(ckpt) and back['network_opt'] == ckpt['network_opt'] and back['bicubic_skip'] is True
     for key in ('params', 'params_ema'):
         assert states_equal(back[key], ckpt[key])
     # a pickle that would run code is refused; the input is never the output
     torch.save({'params': {'w': torch.ones(1)}, 'hook': os.getcwd}, tmp_path / 'evil.pth')
-    run = subprocess.run([sys.executable, script, str(tmp_path / 'evil.pth'), str(tmp_path / 'evil.safetensors')],
-                         env=ENV, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2 and 'INPUT' in run.stderr and not (tmp_path / 'evil.safetensors').exists()
-    run = subprocess.run([sys.executable, script, str(tmp_path / 'in.pth'), str(tmp_path / 'in.pth')],
-                         env=ENV, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2 and 'is the input file' in run.stderr
+    assert converter.main([str(tmp_path / 'evil.pth'), str(tmp_path / 'evil.safetensors')]) == 2
+    assert 'INPUT' in capsys.readouterr().err and not (tmp_path / 'evil.safetensors').exists()
+    assert converter.main([str(tmp_path / 'in.pth'), str(tmp_path / 'in.pth')]) == 2
+    assert 'is the input file' in capsys.readouterr().err

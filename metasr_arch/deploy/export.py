@@ -69,8 +69,13 @@ def load_runner(path: Path, fmt: str) -> Callable[[np.ndarray], np.ndarray]:
         import onnxruntime as ort
         session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
         return lambda x: session.run(None, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
-    module = torch.jit.load(str(path), map_location='cpu') if fmt == 'torchscript' \
-        else torch.export.load(str(path)).module()
+    if fmt == 'torchscript':
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', FutureWarning)  # deprecated, still shipped
+            module = torch.jit.load(str(path), map_location='cpu')
+    else:
+        module = torch.export.load(str(path)).module()
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():

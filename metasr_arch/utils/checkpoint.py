@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from metasr_arch.archs.meta_upsample_arch import MetaUpsample
+from metasr_arch.utils.safetensors_ckpt import is_safetensors_file, load_safetensors_checkpoint
 
 
 def _load_yaml(path: str) -> dict:
@@ -27,7 +28,10 @@ def _load_yaml(path: str) -> dict:
 
 
 def load_checkpoint(path: str) -> dict:
-    """Read a checkpoint on the CPU without executing pickled code (``weights_only=True``)."""
+    """Read a checkpoint on the CPU without executing pickled code (``weights_only=True``); safetensors
+    files (recognised by content) load through ``_load_safetensors``."""
+    if is_safetensors_file(path):
+        return _load_safetensors(path)
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError:
@@ -37,6 +41,14 @@ def load_checkpoint(path: str) -> dict:
     if not isinstance(ckpt, dict):
         raise ValueError(f'--ckpt {path}: expected a dict, got {type(ckpt).__name__}')
     return ckpt
+
+
+def _load_safetensors(path: str) -> dict:
+    """A ``.safetensors`` network checkpoint in the ``.pth`` layout (``utils.safetensors_ckpt``)."""
+    try:
+        return load_safetensors_checkpoint(path)
+    except ValueError as err:
+        raise ValueError(f'--ckpt {err}') from None
 
 
 def select_params(ckpt: dict, param_key: Optional[str], path: str = '') -> Tuple[Dict[str, torch.Tensor], str]:
@@ -96,7 +108,7 @@ def load_network(opt: Optional[str] = None, ckpt: Optional[str] = None, param_ke
     Args:
         opt: BasicSR options file (its ``network_g`` is used) or a YAML of network options; optional
             when the checkpoint records ``network_opt`` (MetaSRModel's checkpoints do).
-        ckpt: checkpoint path (BasicSR format ``{'params': ..., 'params_ema': ...}``).
+        ckpt: checkpoint path (BasicSR format ``{'params': ..., 'params_ema': ...}``, ``.pth`` or ``.safetensors``).
         param_key: which weights to use; default ``params_ema`` when present, else ``params``.
         device: where the network goes.
     """

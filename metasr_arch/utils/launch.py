@@ -49,8 +49,8 @@ def patch_load_resume_state() -> None:
 
     BasicSR maps the resumed state onto ``torch.cuda.current_device()``, which fails on CPU machines,
     and its ``torch.load`` predates ``weights_only``. On CPU-only machines the wrapper loads onto the
-    CPU with ``weights_only=False`` (training states hold optimizer and scheduler objects, written by
-    this project's own runs); elsewhere BasicSR's function runs unchanged.
+    CPU with ``weights_only=True`` (training states hold only optimizer and scheduler state dicts, which
+    load without running pickled code); elsewhere BasicSR's function runs unchanged.
     """
     import basicsr.train as train
     if getattr(train.load_resume_state, '_metasr_patched', False):
@@ -63,7 +63,7 @@ def patch_load_resume_state() -> None:
         real_load = train.torch.load
         real_device = torch.cuda.current_device
         try:
-            train.torch.load = lambda f, map_location=None, **kw: real_load(f, map_location='cpu', weights_only=False)
+            train.torch.load = lambda f, map_location=None, **kw: real_load(f, map_location='cpu', weights_only=True)
             torch.cuda.current_device = lambda: 0
             return original(opt)
         finally:

@@ -20,7 +20,7 @@ $(STAMP): setup.py constraints.txt
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -c constraints.txt torch torchvision
 	$(PIP) install -q -c constraints.txt --no-build-isolation basicsr
-	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[test]'
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[test,deploy]'
 	touch $@
 
 demo: setup

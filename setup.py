@@ -25,8 +25,11 @@ setup(
         'scikit-image',
         'tqdm',
         'matplotlib',
+        'safetensors',  # small, no dependencies; checkpoint loading (inference, training) reads .safetensors
     ],
-    extras_require={'test': ['pytest', 'pytest-timeout']},
+    extras_require={'test': ['pytest', 'pytest-timeout'],
+                    # export to ONNX (onnxscript: torch's dynamo ONNX exporter) and the ONNX Runtime check
+                    'deploy': ['onnx', 'onnxruntime', 'onnxscript']},
     entry_points={'console_scripts': [
         'metasr-train=metasr_arch.train:main',
         'metasr-test=metasr_arch.test:main',

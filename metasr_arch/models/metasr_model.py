@@ -40,6 +40,7 @@ from metasr_arch.utils.atomic import atomic_write, atomic_write_bytes
 from metasr_arch.utils.registry import register
 from metasr_arch.utils.naming import scale_tag
 from metasr_arch.utils.resize import imresize_to
+from metasr_arch.utils.safetensors_ckpt import read_network_checkpoint, save_safetensors_checkpoint
 from metasr_arch.utils.scale_sampler import build_scale_sampler, parse_scale_list
 from metasr_arch.utils.tiling import tiled_forward
 
@@ -98,8 +99,17 @@ def _batch_scale(scale) -> Scale:
 
 
 # --------------------------------------------------------------------------- option checks
+def checkpoint_format(opt: Mapping) -> str:
+    """``logger.save_checkpoint_format``: 'pth' (BasicSR's, default) or 'safetensors' (network weights only)."""
+    fmt = (opt.get('logger') or {}).get('save_checkpoint_format') or 'pth'
+    if fmt not in ('pth', 'safetensors'):
+        raise ValueError(f"logger.save_checkpoint_format must be 'pth' or 'safetensors', got {fmt!r}")
+    return fmt
+
+
 def check_metasr_options(opt: Mapping) -> None:
     """Fail before anything is built on options that would only break later (names the option)."""
+    checkpoint_format(opt)
     net_opt = opt.get('network_g') or {}
     kernel = int(net_opt.get('kernel_size', 3))
     if opt.get('is_train'):
@@ -481,7 +491,9 @@ class MetaSRModel(SRModel):
         """BasicSR's ``save_network``, written atomically and with the network options (``network_opt``)."""
         if current_iter == -1:
             current_iter = 'latest'
-        save_path = osp.join(self.opt['path']['models'], f'{net_label}_{current_iter}.pth')
+        safetensors = checkpoint_format(self.opt) == 'safetensors'
+        save_path = osp.join(self.opt['path']['models'],
+                             f'{net_label}_{current_iter}.{"safetensors" if safetensors else "pth"}')
         nets = net if isinstance(net, list) else [net]
         keys = param_key if isinstance(param_key, list) else [param_key]
         if len(nets) != len(keys):
@@ -495,7 +507,7 @@ class MetaSRModel(SRModel):
             save_dict['network_opt'] = network_opt
             # inference must add the same bicubic skip as training (MetaSRModel option bicubic_skip)
             save_dict['bicubic_skip'] = bool(self.opt.get('bicubic_skip', False))
-        self._atomic_save(save_dict, save_path)
+        self._atomic_save(save_dict, save_path, save_safetensors_checkpoint if safetensors else atomic_torch_save)
 
     @master_only
     def save_training_state(self, epoch: int, current_iter: int) -> None:
@@ -506,10 +518,10 @@ class MetaSRModel(SRModel):
                  'schedulers': [s.state_dict() for s in self.schedulers]}
         self._atomic_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
-    def _atomic_save(self, obj, path: str, retries: int = 3) -> None:
+    def _atomic_save(self, obj, path: str, writer=atomic_torch_save, retries: int = 3) -> None:
         for attempt in range(retries):
             try:
-                atomic_torch_save(obj, path)
+                writer(obj, path)
                 return
             except OSError as err:  # e.g. a full or flaky network disk: the previous file is still there
                 get_root_logger().warning(f'Saving {path} failed ({err}); {retries - attempt - 1} retries left')
@@ -517,10 +529,11 @@ class MetaSRModel(SRModel):
         get_root_logger().error(f'Could not save {path}; the previous checkpoint is unchanged.')
 
     def load_network(self, net: nn.Module, load_path: str, strict: bool = True, param_key: str = 'params') -> None:
-        """BasicSR's ``load_network`` with ``weights_only=True`` (checkpoints hold tensors and plain options)."""
+        """BasicSR's ``load_network`` with ``weights_only=True`` (checkpoints hold tensors and plain options);
+        ``.safetensors`` files too (``read_network_checkpoint``)."""
         logger = get_root_logger()
         net = self.get_bare_model(net)
-        ckpt = torch.load(load_path, map_location='cpu', weights_only=True)
+        ckpt = read_network_checkpoint(load_path)
         if param_key is not None:
             if param_key not in ckpt and 'params' in ckpt:
                 logger.info(f'Loading: {param_key} does not exist in {load_path}, use params.')

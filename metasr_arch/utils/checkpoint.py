@@ -9,6 +9,7 @@ from torch import nn
 
 from metasr_arch.archs.meta_upsample_arch import MetaUpsample
 from metasr_arch.archs.metasr_base import check_network_options
+from metasr_arch.utils.safetensors_ckpt import is_safetensors_file, load_safetensors_checkpoint
 
 
 def _load_yaml(path: str) -> dict:
@@ -29,7 +30,8 @@ def _load_yaml(path: str) -> dict:
 
 
 def load_checkpoint(path: str, name: str = '--ckpt') -> dict:
-    """Read a checkpoint on the CPU without executing pickled code (``weights_only=True``).
+    """Read a checkpoint on the CPU without executing pickled code (``weights_only=True``); safetensors
+    files (recognised by content) load through ``_load_safetensors``.
 
     Args:
         name: the option ``path`` came from, for error messages.
@@ -37,6 +39,8 @@ def load_checkpoint(path: str, name: str = '--ckpt') -> dict:
         ValueError naming ``name``: missing file, corrupt file, or a file holding objects other than
         tensors and plain containers (a pickle that would run code is refused, never executed).
     """
+    if is_safetensors_file(path):
+        return _load_safetensors(path, name)
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError:
@@ -57,6 +61,14 @@ def err_detail(err: BaseException) -> str:
     # torch's message: a generic first paragraph, then the offending global ("Unsupported global: ...")
     detail = [line for line in lines if 'Unsupported' in line or 'global' in line.lower()]
     return (detail or lines or [type(err).__name__])[0]
+
+
+def _load_safetensors(path: str, name: str = '--ckpt') -> dict:
+    """A ``.safetensors`` network checkpoint in the ``.pth`` layout (``utils.safetensors_ckpt``)."""
+    try:
+        return load_safetensors_checkpoint(path)
+    except ValueError as err:
+        raise ValueError(f'{name} {err}') from None
 
 
 def select_params(ckpt: dict, param_key: Optional[str], path: str = '') -> Tuple[Dict[str, torch.Tensor], str]:
@@ -117,7 +129,7 @@ def load_network(opt: Optional[str] = None, ckpt: Optional[str] = None, param_ke
     Args:
         opt: BasicSR options file (its ``network_g`` is used) or a YAML of network options; optional
             when the checkpoint records ``network_opt`` (MetaSRModel's checkpoints do).
-        ckpt: checkpoint path (BasicSR format ``{'params': ..., 'params_ema': ...}``).
+        ckpt: checkpoint path (BasicSR format ``{'params': ..., 'params_ema': ...}``, ``.pth`` or ``.safetensors``).
         param_key: which weights to use; default ``params_ema`` when present, else ``params``.
         device: where the network goes.
     """

@@ -9,6 +9,10 @@ Inputs are image files (PNG/JPEG/TIFF/BMP/WebP, 8- or 16-bit, grey/RGB/RGBA) and
 given as files or folders. Each input is written once per requested scale or size to
 ``<output>/<stem>_<tag>.<ext>`` where ``tag`` is ``X2.50`` (symmetric), ``X2.00_X3.50``
 (``r_v x r_h``) or ``721x1440`` (an exact size), the same spelling as the benchmark folders.
+All output paths are planned first: an output that is an input is refused (inputs are never
+overwritten), an existing output needs ``--overwrite``, and in input folders files named like this
+run's outputs of another file there are skipped (see ``plan_outputs`` and ``collect_inputs``).
+Requests whose output cannot fit in memory are refused before running (``metasr_arch.utils.memory``).
 
 Data conventions (why they are so):
 
@@ -27,7 +31,7 @@ Data conventions (why they are so):
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import metasr_arch  # noqa: F401  (registers the archs and aliases functional_tensor before basicsr)
 
@@ -37,13 +41,35 @@ from metasr_arch.archs.meta_upsample_arch import MODULE_IMPLS
 from metasr_arch.utils.checkpoint import load_network, network_channels, set_impl
 from metasr_arch.utils.inference import upscale_sample
 from metasr_arch.utils.naming import Request, parse_scale_text, parse_size_text, request_tag
-from metasr_arch.utils.sample_io import ARRAY_EXTS, IMAGE_EXTS, read_sample, write_sample
+from metasr_arch.ops.geometry import resolve_scale
+from metasr_arch.utils.sample_io import ARRAY_EXTS, IMAGE_EXTS, output_suffix, read_sample, write_sample
 
 
 # --------------------------------------------------------------------------- command line
-def collect_inputs(paths: Sequence[str]) -> Tuple[List[Path], List[Tuple[str, str]]]:
-    """Expand files and folders (non-recursive) into input files; missing paths become failures."""
-    files, failures = [], []
+Job = Tuple[Request, str, Path]  # (request, tag, output path)
+
+
+def _earlier_output(path: Path, stems: Set[str], tags: Sequence[str]) -> bool:
+    """``<stem>_<tag>.<ext>`` where ``<stem>`` is another file of the folder and ``<tag>`` one of this run's."""
+    for tag in tags:
+        suffix = f'_{tag}'
+        if path.stem.endswith(suffix) and path.stem[:-len(suffix)] in stems:
+            return True
+    return False
+
+
+def collect_inputs(paths: Sequence[str], tags: Sequence[str] = ()) -> Tuple[List[Path], List[Tuple[str, str]],
+                                                                           List[Path]]:
+    """Expand files and folders (non-recursive) into input files; missing paths become failures.
+
+    In folders, a file named ``<stem>_<tag>.<ext>`` beside a file ``<stem>.*``, with ``<tag>`` one of
+    ``tags`` (this run's requests), is what an earlier run wrote there: it is skipped, not upscaled again.
+    Files named explicitly are always taken.
+
+    Returns:
+        (inputs, failures (path, reason), skipped earlier outputs).
+    """
+    files, failures, skipped = [], [], []
     for p in paths:
         path = Path(p)
         if path.is_dir():
@@ -51,12 +77,59 @@ def collect_inputs(paths: Sequence[str]) -> Tuple[List[Path], List[Tuple[str, st
                            if f.is_file() and f.suffix.lower() in IMAGE_EXTS + ARRAY_EXTS)
             if not found:
                 failures.append((str(path), 'folder has no image or .npy files'))
-            files.extend(found)
+            stems = {f.stem for f in found}
+            for f in found:
+                (skipped if _earlier_output(f, stems, tags) else files).append(f)
         elif path.is_file():
             files.append(path)
         else:
             failures.append((str(path), 'no such file or folder'))
-    return files, failures
+    return files, failures, skipped
+
+
+def plan_outputs(files: Sequence[Path], requests: Sequence[Request], out_dir: Path,
+                 overwrite: bool = False) -> Tuple[Dict[Path, List[Job]], List[Tuple[str, str]]]:
+    """Every output path, decided before anything is read or written.
+
+    An output is refused (a failure, the rest still runs) when it is one of the inputs (never
+    overwritten, even with ``overwrite``), when an earlier input of this run already writes it
+    (``a.png`` and ``a.jpg``), or when it exists and ``overwrite`` is false.
+
+    Returns:
+        ({input: [(request, tag, output path), ...]}, failures (path [tag], reason)).
+    """
+    inputs = {f.resolve(): f for f in files}
+    planned: Dict[Path, str] = {}
+    jobs: Dict[Path, List[Job]] = {}
+    failures = []
+    for path in files:
+        for request in requests:
+            tag = request_tag(request)
+            out = out_dir / f'{path.stem}_{tag}{output_suffix(path)}'
+            key, where = out.resolve(), f'{path} [{tag}]'
+            if key in inputs:
+                failures.append((where, f'output {out} is an input of this run; it is never overwritten '
+                                        '(write to another folder with -o)'))
+            elif key in planned:
+                failures.append((where, f'output {out} is already written by {planned[key]} in this run'))
+            elif out.exists() and not overwrite:
+                failures.append((where, f'output {out} exists; pass --overwrite to replace it'))
+            else:
+                planned[key] = where
+                jobs.setdefault(path, []).append((request, tag, out))
+    return jobs, failures
+
+
+def check_max_pixels(sample_shape: Sequence[int], request: Request, max_pixels: Optional[int]) -> None:
+    """Refuse (ValueError) an output of more than ``max_pixels`` pixels (H*W) before it is computed."""
+    if max_pixels is None:
+        return
+    kind, value = request
+    spec = resolve_scale(sample_shape[-2], sample_shape[-1], value if kind == 'scale' else None,
+                         value if kind == 'size' else None)
+    if spec.out_h * spec.out_w > max_pixels:
+        raise ValueError(f'output {spec.out_h}x{spec.out_w} has {spec.out_h * spec.out_w} pixels, more than '
+                         f'--max-pixels {max_pixels}')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='auto', help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument('--impl', default=None, choices=MODULE_IMPLS,
                    help="operator implementation of every MetaUpsample (default: the checkpoint's, e.g. 'auto')")
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace existing output files (inputs are never overwritten)')
+    p.add_argument('--max-pixels', type=int, default=None, metavar='N',
+                   help='refuse outputs of more than N pixels (H*W) per image; independently, requests that '
+                        'cannot fit in memory are refused (limit: METASR_MEMORY_LIMIT, default physical memory)')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     return p
 
@@ -99,6 +177,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
         parser.error(f'--tile must be a positive number of input pixels, got {args.tile}')
     if args.tile_overlap < 0:
         parser.error(f'--tile-overlap must be >= 0, got {args.tile_overlap}')
+    if args.max_pixels is not None and args.max_pixels < 1:
+        parser.error(f'--max-pixels must be a positive number of pixels, got {args.max_pixels}')
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        parser.error(f'-o/--output {args.output}: exists and is not a folder')
     try:
         device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto'
                               else args.device)
@@ -123,25 +205,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    files, failures = collect_inputs(args.inputs)
+    tags = [request_tag(r) for r in requests]
+    files, failures, skipped = collect_inputs(args.inputs, tags)
     out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f'error: -o/--output {out_dir}: cannot create the folder ({err.strerror})', file=sys.stderr)
+        return 2
+    jobs, refused = plan_outputs(files, requests, out_dir, args.overwrite)
+    failures += refused
+    if skipped:
+        print(f'skipped {len(skipped)} file(s) named like outputs of an earlier run with these scales '
+              f'(name them explicitly to upscale them): {", ".join(str(p) for p in skipped)}', file=sys.stderr)
     written = 0
-    bar = tqdm(total=len(files) * len(requests), unit='img', disable=args.quiet, desc='upscaling')
-    for path in files:
+    bar = tqdm(total=sum(len(j) for j in jobs.values()), unit='img', disable=args.quiet, desc='upscaling')
+    for path, path_jobs in jobs.items():
         try:
             sample = read_sample(path)
         except ValueError as err:
             failures.append((str(path), str(err)))
-            bar.update(len(requests))
+            bar.update(len(path_jobs))
             continue
-        for request in requests:
-            tag = request_tag(request)
+        for request, tag, out in path_jobs:
             bar.set_postfix_str(f'{path.name} {tag}', refresh=False)
             try:
+                check_max_pixels(sample.data.shape, request, args.max_pixels)
                 data, alpha = upscale_sample(net, sample, request, channels, device, args.tile,
                                              args.tile_overlap, args.fp16)
-                write_sample(sample, data, alpha, out_dir / f'{path.stem}_{tag}')
+                write_sample(sample, data, alpha, out.with_suffix(''))
                 written += 1
             except (ValueError, RuntimeError, TypeError, OSError) as err:
                 failures.append((f'{path} [{tag}]', f'{type(err).__name__}: {err}'))

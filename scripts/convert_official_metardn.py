@@ -30,10 +30,12 @@ import argparse
 import os
 import re
 import sys
-import tempfile
 from typing import Dict, Mapping
 
 import torch
+
+from metasr_arch.utils.atomic import atomic_write
+from metasr_arch.utils.checkpoint import load_checkpoint
 
 OFFICIAL_KERNEL = 3  # the official head unfolds with a fixed 3x3 window
 OFFICIAL_OUT_CH = 3  # and predicts RGB
@@ -146,18 +148,9 @@ def convert_official_state_dict(sd: Mapping[str, torch.Tensor]) -> Dict[str, tor
 
 
 def atomic_save(obj, path: str) -> None:
-    """torch.save to a temporary file beside ``path``, then os.replace: no half-written checkpoint on failure."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.convert-', suffix='.tmp', dir=directory)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """torch.save through a temporary beside ``path`` (``metasr_arch.utils.atomic``): no half-written checkpoint."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: torch.save(obj, f), fsync=True)
 
 
 def main(argv=None) -> int:
@@ -166,7 +159,11 @@ def main(argv=None) -> int:
     parser.add_argument('--output', required=True, help='converted checkpoint for MetaRDN (.pth)')
     parser.add_argument('--img-range', type=float, default=255., help='the --rgb_range it was trained with (255)')
     args = parser.parse_args(argv)
-    checkpoint = torch.load(args.input, map_location='cpu', weights_only=True)
+    try:
+        checkpoint = load_checkpoint(args.input, '--input')  # weights_only: nothing in the file is executed
+    except ValueError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
     converted = convert_official_state_dict(checkpoint)
     config = official_config(checkpoint, args.img_range)
     atomic_save({'params': converted}, args.output)

@@ -105,8 +105,9 @@ class MetaUpsample(nn.Module):
         spec = resolve_scale(x.shape[2], x.shape[3], scale, out_size)
         impl = resolve_impl(self.impl, x.device, MODULE_IMPLS)
         n, k = x.shape[0], self.kernel_size
-        if n == 0:
-            return x.new_zeros(0, self.out_channels, spec.out_h, spec.out_w)
+        if n == 0:  # through the MLP on no positions: backward gives zero gradients, as for any batch
+            none = self.pos2weight(x.new_zeros(0, 4, dtype=self.pos2weight.meta_block[0].weight.dtype))
+            return x.new_zeros(0, self.out_channels, spec.out_h, spec.out_w) + (x.sum() + none.sum().to(x.dtype))
         rows = axis_projection(x.shape[2], spec.out_h, spec.r_v, x.device)
         cols = axis_projection(x.shape[3], spec.out_w, spec.r_h, x.device)
         dtype = self.pos2weight.meta_block[0].weight.dtype  # the MLP runs in its own dtype

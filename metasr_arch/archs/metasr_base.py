@@ -3,21 +3,78 @@
 It holds the mean shift with ``img_range``, the scale-range warning, the option checks and
 ``forward(x, scale, out_size)``; a subclass builds its trunk and a ``MetaUpsample`` head.
 """
+import difflib
+import inspect
 import math
 import warnings
 from numbers import Real
-from typing import Optional, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from metasr_arch.archs.meta_upsample_arch import MODULE_IMPLS, MetaUpsample
 from metasr_arch.ops.geometry import ScaleArg, ScaleSpec, SizeArg, resolve_scale
+from metasr_arch.utils.memory import check_request
 
 DEFAULT_RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K RGB mean, as in BasicSR's RCAN/SwinIR and the Meta-SR code
 MeanArg = Union[float, Sequence[float]]
 ScaleRangeArg = Optional[Sequence]
 _RANGE_EPS = 1e-9  # scales on the range's edges are inside it despite float noise
+
+
+class OptionError(ValueError):
+    """A problem of the whole run's options (or of a file they name), found before anything is built.
+
+    The command-line entry points report it as ``error: <message>`` without a traceback and exit with
+    status 2.
+    """
+
+
+def _closest(word: str, choices: Sequence[str]) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f'; did you mean {match[0]!r}?' if match else ''
+
+
+def check_network_options(net_opt: Mapping, section: str = 'network_g') -> None:
+    """Check ``net_opt`` (``{'type': ..., **kwargs}``) against its registered class's ``__init__``.
+
+    Args:
+        section: where the options come from (``network_g``, ``--opt X network_g``, ...), for messages.
+    Raises:
+        OptionError naming the section and an unregistered type, an unknown key (with the closest
+        valid key) or a missing required key. Classes taking ``**kwargs`` accept any key.
+    """
+    from basicsr.utils.registry import ARCH_REGISTRY
+    if not isinstance(net_opt, Mapping) or 'type' not in net_opt:
+        raise OptionError(f'{section} must be a mapping with a type (e.g. type: MetaRDN), got {net_opt!r}')
+    net_type = net_opt['type']
+    registered = sorted(ARCH_REGISTRY._obj_map)  # noqa: SLF001 (BasicSR has no public listing)
+    if net_type not in ARCH_REGISTRY:
+        raise OptionError(f'{section}.type: {net_type!r} is not a registered architecture'
+                          f'{_closest(str(net_type), registered)}')
+    try:
+        params = inspect.signature(ARCH_REGISTRY.get(net_type)).parameters
+    except (TypeError, ValueError):  # no introspectable signature: BasicSR's build_network will tell
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [name for name, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for key in net_opt:
+        if key != 'type' and key not in params:
+            raise OptionError(f'{section}: unknown option {key!r} for {net_type}{_closest(str(key), valid)} '
+                              f'(valid options: {", ".join(valid)})')
+    missing = [name for name, p in params.items() if p.default is inspect.Parameter.empty
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in net_opt]
+    if missing:
+        raise OptionError(f'{section}: {net_type} needs option(s) {", ".join(missing)}')
+
+
+def check_network_sections(opt: Mapping) -> None:
+    """``check_network_options`` on every ``network_*`` section of a BasicSR options dict."""
+    for key, value in opt.items():
+        if isinstance(key, str) and key.startswith('network_') and value is not None:
+            check_network_options(value, key)
 
 
 def check_positive_int(value, name: str) -> int:
@@ -122,12 +179,21 @@ class MetaSRNet(nn.Module):
         self.upsample.impl = value
 
     def _resolve(self, x: torch.Tensor, scale: ScaleArg, out_size: SizeArg) -> ScaleSpec:
-        """Validate ``x`` and the request; warn once when the scale lies outside ``scale_range``."""
+        """Validate ``x`` and the request; warn once when the scale lies outside ``scale_range``.
+
+        Raises:
+            RequestTooLargeError (a ValueError) when the output cannot fit in memory
+            (``metasr_arch.utils.memory``; ``METASR_MEMORY_LIMIT`` sets the limit).
+        """
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f'x must be a 4-D tensor (N, C, h, w), got {getattr(x, "shape", type(x).__name__)}')
         if x.shape[1] != self.num_in_ch:
             raise ValueError(f'x has {x.shape[1]} channels, the network expects {self.num_in_ch}')
         spec = resolve_scale(x.shape[2], x.shape[3], scale, out_size)
+        # before any allocation: --scale 1e6 would otherwise run for minutes and exhaust the memory
+        check_request(x.shape[0], self.upsample.in_channels, self.num_out_ch, x.shape[2], x.shape[3], spec.out_h,
+                      spec.out_w, self.upsample.kernel_size, x.element_size(), x.device,
+                      what=f'{type(self).__name__} at (r_v, r_h) = ({spec.r_v:g}, {spec.r_h:g})')
         if self.scale_range is not None and not self._range_warned:
             (lo_v, hi_v), (lo_h, hi_h) = self.scale_range
             if not (lo_v - _RANGE_EPS <= spec.r_v <= hi_v + _RANGE_EPS

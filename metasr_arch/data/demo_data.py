@@ -18,6 +18,8 @@ from typing import Callable, Dict
 import cv2
 import numpy as np
 
+from metasr_arch.utils.atomic import atomic_write_bytes
+
 TRAIN = ('astronaut', 'chelsea', 'coffee', 'rocket', 'motorcycle_left', 'brick', 'grass', 'colorwheel', 'clock',
          'text')
 VAL = ('camera', 'immunohistochemistry', 'hubble_deep_field', 'gravel', 'coins')
@@ -50,10 +52,7 @@ def _write_png(img_rgb: np.ndarray, path: str) -> None:
     ok, buf = cv2.imencode('.png', cv2.cvtColor(img_rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f'could not encode {path}')
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'wb') as f:
-        f.write(buf.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def is_complete(folder: str) -> bool:

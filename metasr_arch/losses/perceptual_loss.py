@@ -17,6 +17,7 @@ from torchvision.models import vgg as tv_vgg
 from basicsr.archs.vgg_arch import NAMES, VGGFeatureExtractor, insert_bn
 from basicsr.losses.basic_loss import PerceptualLoss
 from basicsr.utils.registry import LOSS_REGISTRY
+from metasr_arch.utils.checkpoint import load_checkpoint
 from metasr_arch.utils.registry import register
 
 _VGG_CFG = {'vgg11': 'A', 'vgg13': 'B', 'vgg16': 'D', 'vgg19': 'E'}
@@ -24,7 +25,7 @@ _VGG_CFG = {'vgg11': 'A', 'vgg13': 'B', 'vgg16': 'D', 'vgg19': 'E'}
 
 def _load_state_dict(path: str) -> Mapping[str, torch.Tensor]:
     """Read a torchvision VGG state dict (optionally wrapped in 'state_dict' / 'params' / 'params_ema')."""
-    state = torch.load(path, map_location='cpu', weights_only=True)
+    state = load_checkpoint(path, 'vgg_weights_path')  # weights_only: a crafted file cannot run code
     for key in ('state_dict', 'params_ema', 'params'):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]

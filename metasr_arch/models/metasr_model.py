@@ -36,6 +36,7 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from metasr_arch.ops.geometry import parse_scale, resolve_scale
+from metasr_arch.utils.atomic import atomic_write, atomic_write_bytes
 from metasr_arch.utils.registry import register
 from metasr_arch.utils.naming import scale_tag
 from metasr_arch.utils.resize import imresize_to
@@ -57,20 +58,12 @@ def plain(obj):
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then ``os.replace``.
+    """``torch.save`` to a temporary file beside ``path``, fsync, then ``os.replace`` (``utils.atomic``).
 
-    A process killed during the write leaves the previous file under ``path`` intact.
+    A process killed during the write leaves the previous file under ``path`` intact; its temporary is
+    removed by the next successful write into the folder.
     """
-    tmp = osp.join(osp.dirname(path) or '.', f'.{osp.basename(path)}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: torch.save(obj, f), fsync=True)
 
 
 def _pair(value, name: str) -> Tuple[int, int]:
@@ -475,10 +468,7 @@ class MetaSRModel(SRModel):
             self._table_rows[(dataset_name, scale)] = (current_iter, values)
         table = self.psnr_table()
         get_root_logger().info('PSNR table (model vs bicubic)\n' + table)
-        tmp = osp.join(root, '.psnr_table.md.tmp')
-        with open(tmp, 'w') as f:
-            f.write(table)
-        os.replace(tmp, osp.join(root, 'psnr_table.md'))
+        atomic_write_bytes(osp.join(root, 'psnr_table.md'), table.encode('utf-8'))
 
     def psnr_table(self) -> str:
         """Markdown table of the latest validation per (dataset, scale): PSNR model vs bicubic."""

@@ -390,8 +390,8 @@ def meta_upscale(x: torch.Tensor, weight: torch.Tensor, scale: ScaleArg = None, 
     weight = canonical_weight(weight, x, spec.out_h, spec.out_w, kernel_size)
     impl = resolve_impl(impl, x.device)
     n, c_out = x.shape[0], weight.shape[-1]
-    if n == 0:
-        return x.new_zeros(0, c_out, spec.out_h, spec.out_w)
+    if n == 0:  # zeros that depend on x and weight, so backward gives (zero) gradients like any batch
+        return x.new_zeros(0, c_out, spec.out_h, spec.out_w) + (x.sum() + weight.reshape(-1)[:0].sum().to(x.dtype))
     rows = axis_projection(x.shape[2], spec.out_h, spec.r_v, x.device)
     cols = axis_projection(x.shape[3], spec.out_w, spec.r_h, x.device)
     if impl == 'im2col':

@@ -1,12 +1,14 @@
 """Loading trained networks for inference: checkpoints (read without executing pickled code),
 network options, strict state-dict loading through BasicSR's registry, and small helpers on the
 loaded network (operator implementation, input channels)."""
+import pickle
 from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from metasr_arch.archs.meta_upsample_arch import MetaUpsample
+from metasr_arch.archs.metasr_base import check_network_options
 from metasr_arch.utils.safetensors_ckpt import is_safetensors_file, load_safetensors_checkpoint
 
 
@@ -27,28 +29,46 @@ def _load_yaml(path: str) -> dict:
                      '(or a network options dict with a type)')
 
 
-def load_checkpoint(path: str) -> dict:
+def load_checkpoint(path: str, name: str = '--ckpt') -> dict:
     """Read a checkpoint on the CPU without executing pickled code (``weights_only=True``); safetensors
-    files (recognised by content) load through ``_load_safetensors``."""
+    files (recognised by content) load through ``_load_safetensors``.
+
+    Args:
+        name: the option ``path`` came from, for error messages.
+    Raises:
+        ValueError naming ``name``: missing file, corrupt file, or a file holding objects other than
+        tensors and plain containers (a pickle that would run code is refused, never executed).
+    """
     if is_safetensors_file(path):
-        return _load_safetensors(path)
+        return _load_safetensors(path, name)
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError:
-        raise ValueError(f'--ckpt {path}: no such file') from None
+        raise ValueError(f'{name} {path}: no such file') from None
+    except pickle.UnpicklingError as err:
+        raise ValueError(f'{name} {path}: refused, the file holds objects other than tensors and plain '
+                         f'containers and is only loaded with weights_only=True ({err_detail(err)})') from None
     except Exception as err:  # noqa: BLE001 (torch raises many types for corrupt files)
-        raise ValueError(f'--ckpt {path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})') from None
+        raise ValueError(f'{name} {path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})') from None
     if not isinstance(ckpt, dict):
-        raise ValueError(f'--ckpt {path}: expected a dict, got {type(ckpt).__name__}')
+        raise ValueError(f'{name} {path}: expected a dict, got {type(ckpt).__name__}')
     return ckpt
 
 
-def _load_safetensors(path: str) -> dict:
+def err_detail(err: BaseException) -> str:
+    """The informative line of torch's weights-only refusal (which global it would have loaded)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    # torch's message: a generic first paragraph, then the offending global ("Unsupported global: ...")
+    detail = [line for line in lines if 'Unsupported' in line or 'global' in line.lower()]
+    return (detail or lines or [type(err).__name__])[0]
+
+
+def _load_safetensors(path: str, name: str = '--ckpt') -> dict:
     """A ``.safetensors`` network checkpoint in the ``.pth`` layout (``utils.safetensors_ckpt``)."""
     try:
         return load_safetensors_checkpoint(path)
     except ValueError as err:
-        raise ValueError(f'--ckpt {err}') from None
+        raise ValueError(f'{name} {err}') from None
 
 
 def select_params(ckpt: dict, param_key: Optional[str], path: str = '') -> Tuple[Dict[str, torch.Tensor], str]:
@@ -69,18 +89,19 @@ def select_params(ckpt: dict, param_key: Optional[str], path: str = '') -> Tuple
     raise ValueError(f'--ckpt {path}: has neither params_ema nor params (keys: {sorted(ckpt)})')
 
 
-def build_and_load(network_opt: dict, state: Dict[str, torch.Tensor], source: str = 'checkpoint') -> nn.Module:
+def build_and_load(network_opt: dict, state: Dict[str, torch.Tensor], source: str = 'checkpoint',
+                   section: str = 'network options') -> nn.Module:
     """Build ``network_opt`` through BasicSR's registry and load ``state`` strictly.
 
+    Args:
+        section: where ``network_opt`` comes from (``--opt X network_g``, ...), for messages.
     Raises:
-        ValueError naming the network type and the mismatching keys/shapes.
+        ValueError naming the network type and the mismatching keys/shapes; OptionError (a ValueError)
+        naming ``section`` for an unregistered type or an unknown option key.
     """
     from basicsr.archs import build_network
-    from basicsr.utils.registry import ARCH_REGISTRY
     net_type = network_opt.get('type')
-    if net_type not in ARCH_REGISTRY:
-        raise ValueError(f'network type {net_type!r} is not registered in ARCH_REGISTRY '
-                         '(is the module defining it imported?)')
+    check_network_options(network_opt, section)
     net = build_network(network_opt)
     # Checkpoints saved from DistributedDataParallel wrappers prefix every key with 'module.'.
     state = {(k[7:] if k.startswith('module.') else k): v for k, v in state.items()}
@@ -116,13 +137,13 @@ def load_network(opt: Optional[str] = None, ckpt: Optional[str] = None, param_ke
         raise ValueError('--ckpt is required (a checkpoint with params or params_ema)')
     checkpoint = load_checkpoint(ckpt)
     if opt is not None:
-        network_opt = _load_yaml(opt)
+        network_opt, section = _load_yaml(opt), f'--opt {opt} network_g'
     elif isinstance(checkpoint.get('network_opt'), dict):
-        network_opt = dict(checkpoint['network_opt'])
+        network_opt, section = dict(checkpoint['network_opt']), f'network_opt recorded in --ckpt {ckpt}'
     else:
         raise ValueError(f'--ckpt {ckpt} records no network_opt; pass the training options with --opt')
     state, key = select_params(checkpoint, param_key, ckpt)
-    net = build_and_load(network_opt, state, source=f'--ckpt {ckpt} [{key}]')
+    net = build_and_load(network_opt, state, source=f'--ckpt {ckpt} [{key}]', section=section)
     # MetaSRModel's bicubic_skip: the network predicts the residual over bicubic, recorded in the checkpoint
     # (or set at the top level of the training options file)
     net.metasr_bicubic_skip = bool(checkpoint.get('bicubic_skip', False) or _yaml_bicubic_skip(opt))

@@ -5,7 +5,9 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from metasr_arch.archs.meta_upsample_arch import MetaUpsample
 from metasr_arch.ops.geometry import resolve_scale
+from metasr_arch.utils.memory import check_request
 from metasr_arch.utils.naming import Request
 from metasr_arch.utils.resize import imresize_to
 from metasr_arch.utils.sample_io import Sample
@@ -17,10 +19,13 @@ def run_network(net: nn.Module, x: torch.Tensor, scale=None, out_size=None, tile
 
     Args:
         x: (N, C, h, w) on the network's device.
+    Raises:
+        RequestTooLargeError (a ValueError) before running when the output cannot fit in memory.
     Returns:
         (N, C_out, H, W) float32, exactly the size ``resolve_scale`` gives.
     """
     spec = resolve_scale(x.shape[-2], x.shape[-1], scale, out_size)
+    check_network_request(net, x, spec.out_h, spec.out_w)
     autocast = torch.autocast('cuda', dtype=torch.float16) if fp16 else nullcontext()
     # no_grad rather than inference_mode: the operator caches index tensors (geometry.axis_projection)
     # across calls, and a tensor created under inference_mode would break later training in the process.
@@ -36,6 +41,18 @@ def run_network(net: nn.Module, x: torch.Tensor, scale=None, out_size=None, tile
         raise RuntimeError(f'{type(net).__name__} returned {tuple(y.shape[-2:])}, expected exactly '
                            f'{(spec.out_h, spec.out_w)} for r = ({spec.r_v:g}, {spec.r_h:g})')
     return y.float()
+
+
+def check_network_request(net: nn.Module, x: torch.Tensor, out_h: int, out_w: int) -> int:
+    """``memory.check_request`` for ``net`` on ``x`` (N, C, h, w) at (out_h, out_w), before anything runs.
+
+    The head's channels and kernel come from the network's first ``MetaUpsample`` (other networks: the
+    output alone is estimated, with C_out = C). Returns the estimate in bytes; raises RequestTooLargeError.
+    """
+    head = next((m for m in net.modules() if isinstance(m, MetaUpsample)), None)
+    c_in, c_out, k = (head.in_channels, head.out_channels, head.kernel_size) if head else (0, x.shape[1], 1)
+    return check_request(x.shape[0], c_in, c_out, x.shape[-2], x.shape[-1], out_h, out_w, k, 4, x.device,
+                         what=f'{tuple(x.shape[-2:])} input to {out_h}x{out_w}')
 
 
 def upscale_sample(net: nn.Module, sample: Sample, request: Request, net_channels: int, device: torch.device,

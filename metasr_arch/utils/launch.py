@@ -3,16 +3,23 @@
 BasicSR's ``init_dist`` assumes one CUDA device per process (it calls ``torch.cuda.set_device`` and
 uses NCCL). ``patch_init_dist`` wraps it so that ``--launcher pytorch`` / ``slurm`` also work on CPU
 machines (gloo backend) and tolerate an already-initialised process group; on GPU machines it defers to
-BasicSR unchanged.
+BasicSR unchanged. ``run_pipeline`` also makes every ``torch.load`` of the pipeline read weights
+only (a crafted resume state or checkpoint cannot run code) and checks the ``network_*`` options
+before anything is built.
 """
+import functools
 import os
+import pickle
 import sys
-from typing import Callable, Optional, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
 import metasr_arch  # noqa: F401  (registers the plugin before BasicSR builds anything)
+from metasr_arch.archs.metasr_base import OptionError, check_network_sections
+from metasr_arch.utils.checkpoint import err_detail
 
 
 def _cpu_aware_init_dist(original: Callable) -> Callable:
@@ -44,13 +51,39 @@ def patch_init_dist() -> None:
         options.init_dist = patched
 
 
-def patch_load_resume_state() -> None:
-    """Make ``basicsr.train.load_resume_state`` work without CUDA.
+@contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Inside the block every ``torch.load`` reads with ``weights_only=True``, whatever its caller passes.
 
-    BasicSR maps the resumed state onto ``torch.cuda.current_device()``, which fails on CPU machines,
-    and its ``torch.load`` predates ``weights_only``. On CPU-only machines the wrapper loads onto the
-    CPU with ``weights_only=True`` (training states hold only optimizer and scheduler state dicts, which
-    load without running pickled code); elsewhere BasicSR's function runs unchanged.
+    BasicSR's own loads (resume states in ``train.py``, ``BaseModel.load_network``, VGG weights) predate
+    ``weights_only`` and follow torch's default, which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (or a torch
+    older than 2.6) turns into full unpickling; within the plugin's pipelines no file can run code.
+    """
+    real = torch.load
+    if getattr(real, '_metasr_weights_only', False):
+        yield
+        return
+
+    @functools.wraps(real)
+    def load(f, map_location=None, *args, **kwargs):
+        kwargs['weights_only'] = True
+        return real(f, map_location, *args, **kwargs)
+
+    load._metasr_weights_only = True
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = real
+
+
+def patch_load_resume_state() -> None:
+    """Make ``basicsr.train.load_resume_state`` load weights only, and work without CUDA.
+
+    Training states hold tensors, numbers and ``collections.Counter`` (the milestones of BasicSR's
+    schedulers), all of which ``weights_only=True`` reads; a state holding anything else is refused with
+    an ``OptionError`` naming the file, and nothing in it runs. On CPU-only machines the state is mapped
+    onto the CPU (BasicSR maps it onto ``torch.cuda.current_device()``, which fails there).
     """
     import basicsr.train as train
     if getattr(train.load_resume_state, '_metasr_patched', False):
@@ -58,20 +91,49 @@ def patch_load_resume_state() -> None:
     original = train.load_resume_state
 
     def load_resume_state(opt):
-        if torch.cuda.is_available():
-            return original(opt)
-        real_load = train.torch.load
-        real_device = torch.cuda.current_device
+        cuda = torch.cuda.is_available()
+        real_load, real_device = torch.load, torch.cuda.current_device
+
+        def load(f, map_location=None, **kwargs):
+            try:
+                return real_load(f, map_location=map_location if cuda else 'cpu', weights_only=True)
+            except pickle.UnpicklingError as err:
+                raise OptionError(f'resume state {f}: refused, it holds objects other than tensors, numbers '
+                                  f'and plain containers (loaded with weights_only=True; {err_detail(err)})') from None
+
         try:
-            train.torch.load = lambda f, map_location=None, **kw: real_load(f, map_location='cpu', weights_only=True)
-            torch.cuda.current_device = lambda: 0
+            torch.load = load
+            if not cuda:
+                torch.cuda.current_device = lambda: 0
             return original(opt)
         finally:
-            train.torch.load = real_load
-            torch.cuda.current_device = real_device
+            torch.load, torch.cuda.current_device = real_load, real_device
 
     load_resume_state._metasr_patched = True
     train.load_resume_state = load_resume_state
+
+
+def patch_parse_options() -> None:
+    """Check every ``network_*`` section right after BasicSR parses the options (train and test).
+
+    An unknown key (a typo such as ``num_feats``) would otherwise surface as a raw ``TypeError`` from
+    ``build_network`` after the experiment folders exist; ``check_network_sections`` names the section,
+    the key and the closest valid key.
+    """
+    import basicsr.test as test
+    import basicsr.train as train
+    for module in (train, test):
+        if getattr(module.parse_options, '_metasr_patched', False):
+            continue
+        original = module.parse_options
+
+        def parse_options(root_path, is_train=True, _original=original):
+            opt, args = _original(root_path, is_train=is_train)
+            check_network_sections(opt)
+            return opt, args
+
+        parse_options._metasr_patched = True
+        module.parse_options = parse_options
 
 
 def experiment_root() -> str:
@@ -80,9 +142,19 @@ def experiment_root() -> str:
 
 
 def run_pipeline(pipeline: Callable[[str], None], argv: Optional[Sequence[str]] = None) -> None:
-    """Run a BasicSR pipeline (it parses ``sys.argv``) with the plugin registered."""
+    """Run a BasicSR pipeline (it parses ``sys.argv``) with the plugin registered.
+
+    Every ``torch.load`` in the pipeline reads weights only; problems of the whole run (an unknown
+    network option, a refused resume state) end with ``error: ...`` and exit status 2.
+    """
     if argv is not None:
         sys.argv = [sys.argv[0]] + list(argv)
     patch_init_dist()
     patch_load_resume_state()
-    pipeline(experiment_root())
+    patch_parse_options()
+    try:
+        with weights_only_loads():
+            pipeline(experiment_root())
+    except OptionError as err:  # a whole-run problem: a message, no traceback, exit status 2
+        print(f'error: {err}', file=sys.stderr)
+        raise SystemExit(2) from None

@@ -18,6 +18,8 @@ from typing import Dict, Union
 
 import torch
 
+from metasr_arch.utils.atomic import atomic_write_bytes
+
 SAFETENSORS_SUFFIX = '.safetensors'
 FORMAT_TAG = 'metasr_arch'
 _RESERVED = ('format', 'param_keys')
@@ -78,18 +80,7 @@ def checkpoint_to_bytes(ckpt: Dict) -> bytes:
 
 def save_safetensors_checkpoint(ckpt: Dict, path: PathLike) -> None:
     """Write ``ckpt`` to ``path`` atomically (temporary file beside it, fsync, rename)."""
-    payload = checkpoint_to_bytes(ckpt)
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'wb') as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_bytes(path, checkpoint_to_bytes(ckpt), fsync=True)  # sweeps stale temporaries too
 
 
 def load_safetensors_checkpoint(path: PathLike) -> Dict:

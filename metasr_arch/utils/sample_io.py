@@ -1,7 +1,6 @@
 """Reading and writing the inference inputs and outputs: 8/16-bit images (grey, RGB, RGBA) and
 ``.npy`` arrays, written atomically (see ``metasr_arch.infer`` for the data conventions)."""
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -9,6 +8,8 @@ from typing import Optional, Union
 import cv2
 import numpy as np
 import torch
+
+from metasr_arch.utils.atomic import atomic_write_bytes  # noqa: F401  (re-exported: the data tools use it)
 
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.webp')
 ARRAY_EXTS = ('.npy',)
@@ -72,16 +73,9 @@ def read_sample(path: Union[str, Path]) -> Sample:
     return Sample(data, None if alpha is None else torch.from_numpy(alpha)[None], 'image', depth)
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to a hidden temporary file beside ``path``, then rename it into place.
-
-    A run killed mid-write never leaves a truncated file under the final name, which is what lets
-    reruns of the data tools treat an existing file as finished.
-    """
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    with open(tmp, 'wb') as f:
-        f.write(payload)
-    os.replace(tmp, path)
+def output_suffix(path: Union[str, Path]) -> str:
+    """The extension ``write_sample`` gives the output of input ``path``: ``.npy`` for arrays, else ``.png``."""
+    return '.npy' if Path(path).suffix.lower() in ARRAY_EXTS else '.png'
 
 
 def write_sample(sample: Sample, data: torch.Tensor, alpha: Optional[torch.Tensor], path: Path) -> Path:

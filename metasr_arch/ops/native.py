@@ -475,6 +475,10 @@ def _check_case(case: tuple, device: torch.device, dtype: torch.dtype) -> List[T
     return errors
 
 
+class _Mismatch(Exception):
+    """A self-check result outside the tolerance (not a crash)."""
+
+
 @torch.compiler.disable
 def self_check(device: torch.device, dtype: torch.dtype = torch.float32) -> SelfCheckResult:
     """Compare the native op on ``device`` with the PyTorch phase path (forward and backward).
@@ -524,10 +528,6 @@ def self_check(device: torch.device, dtype: torch.dtype = torch.float32) -> Self
         result = SelfCheckResult(failure is None, detail, key[0], dtype, seconds)
         _self_checks[key] = result
         return result
-
-
-class _Mismatch(Exception):
-    """A self-check result outside the tolerance (not a crash)."""
 
 
 def trusted(device: torch.device, dtype: torch.dtype) -> bool:

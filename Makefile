@@ -34,3 +34,14 @@ test-fast: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Everything that needs a GPU in one call, one report in OUT (scripts/gpu_check.py, docs/native_op.md).
+# Deliberately no set-up: a GPU machine brings its own python3 with a CUDA torch; WHEELS=DIR installs
+# basicsr and friends from the wheels that `bash ../shared/gpu/wheels.sh DIR` collected.
+OUT ?=
+WHEELS ?=
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check
+gpu-check:
+	@test -n "$(OUT)" || { echo 'usage: make gpu-check OUT=DIR [WHEELS=DIR] [GPU_CHECK_ARGS=--dry-run]' >&2; exit 2; }
+	$(PYTHON) scripts/gpu_check.py --out "$(OUT)" $(if $(WHEELS),--wheels "$(WHEELS)") $(GPU_CHECK_ARGS)

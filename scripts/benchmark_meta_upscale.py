@@ -165,7 +165,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    impls = args.impls or [i for i in metasr_arch.available_impls(device)]
+    impls = args.impls or metasr_arch.available_impls(device, api='module')
     results = []
     for name in args.cases:
         case = CASES[name]

@@ -17,6 +17,8 @@ Configurations:
   --reduced (for a 2-core CPU): the *same full-size networks*, batch 2 and 24x24 LR patches (x4 ->
       96x96; SwinIR img_size 24). Trunk and head costs both scale with the number of pixels, so the
       ratio stays representative while one iteration takes seconds instead of minutes.
+  --patch P: another LR patch size (a multiple of 8 for SwinIR; scripts/gpu_check.py --dry-run uses a
+      tiny one only to exercise the script).
   --batch N: another batch size at the full patch size (SwinIR's batch 16 at 48x48 needs more than
       24 GB of host memory on a CPU; batch 8 fits).
 
@@ -61,8 +63,7 @@ class FixedScaleBaseline(nn.Module):
         return out / self.net.img_range + self.net.mean_out.to(out.dtype)
 
 
-def build(reduced: bool, impl: str) -> Dict[str, nn.Module]:
-    patch = 24 if reduced else 48
+def build(patch: int, impl: str) -> Dict[str, nn.Module]:
     rdn = MetaRDN(impl=impl)
     swin = SwinIRMeta(img_size=patch, window_size=8, embed_dim=180, depths=(6, ) * 6, num_heads=(6, ) * 6,
                       mlp_ratio=2, img_range=1., impl=impl)
@@ -138,6 +139,7 @@ def main(argv=None) -> None:
     parser.add_argument('--reduced', action='store_true', help='batch 2, 24x24 LR patches (2-core CPU)')
     parser.add_argument('--batch', type=int, default=None,
                         help='override the batch size (the full configuration of SwinIR needs > 24 GB on a CPU)')
+    parser.add_argument('--patch', type=int, default=None, help='override the LR patch size')
     parser.add_argument('--impl', default='auto', help="MetaUpsample implementation ('auto')")
     parser.add_argument('--trunks', nargs='+', default=['RDN', 'SwinIR'], choices=['RDN', 'SwinIR'])
     args = parser.parse_args(argv)
@@ -147,10 +149,14 @@ def main(argv=None) -> None:
         if args.batch < 1:
             parser.error(f'--batch must be >= 1, got {args.batch}')
         batch = args.batch
+    if args.patch is not None:
+        if args.patch < 1 or ('SwinIR' in args.trunks and args.patch % 8):
+            parser.error(f'--patch must be >= 1 (a multiple of 8 with SwinIR), got {args.patch}')
+        patch = args.patch
     torch.manual_seed(0)
     x = torch.rand(batch, 3, patch, patch, device=device)
     target = torch.rand(batch, 3, patch * SCALE, patch * SCALE, device=device)
-    nets = build(args.reduced, args.impl)
+    nets = build(patch, args.impl)
     print(f'device={device} batch={batch} patch={patch}x{patch} x{SCALE} repeats={args.repeats} impl={args.impl} '
           f'torch={torch.__version__} threads={torch.get_num_threads()}')
     rows = []

@@ -33,6 +33,8 @@ K = 3
 CASES: Dict[str, Case] = {**OPERATOR_CASES, **{c.name: c for c in [
     Case('grid_96x144_to_721x1440_b8', 8, 156, 1, 96, 144, out_size=(721, 1440), gpu_only=True),
 ]}}
+# Tiny shapes only to exercise the script (scripts/gpu_check.py --dry-run); never in the default list.
+SMOKE_CASES: Dict[str, Case] = {c.name: c for c in [Case('smoke_x2.5x3.7', 2, 8, 3, 12, 12, scale=(2.5, 3.7))]}
 IMPLS = ['seed_loop', 'im2col', 'phase', 'native', 'native_px']
 PER_PIXEL = {'seed_loop', 'im2col', 'native_px'}
 # H100 SXM dense peaks (float32 without tensor cores, HBM3): the roofline for --device cuda.
@@ -154,7 +156,7 @@ def to_markdown(results: List[dict], device: torch.device) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--cases', nargs='+', default=None, choices=list(CASES))
+    parser.add_argument('--cases', nargs='+', default=None, choices=list(CASES) + list(SMOKE_CASES))
     parser.add_argument('--impls', nargs='+', default=None, choices=IMPLS)
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--mem-limit-gb', type=float, default=None,
@@ -167,7 +169,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = torch.device(args.device)
     gpu = device.type == 'cuda'
     limit = (args.mem_limit_gb or (60.0 if gpu else 6.0)) * 2**30
-    cases = [CASES[n] for n in args.cases] if args.cases else [c for c in CASES.values() if gpu or not c.gpu_only]
+    cases = [{**CASES, **SMOKE_CASES}[n] for n in args.cases] if args.cases else [c for c in CASES.values() if gpu or not c.gpu_only]
     impls = args.impls or [i for i in IMPLS if gpu or i != 'seed_loop']
     results = []
     for case in cases:

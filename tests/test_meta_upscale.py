@@ -172,7 +172,7 @@ def test_over_budget_tables(monkeypatch, out_size, route):
     """Over the table budget, 'phase' goes factorised and 'cuda' to checkpointed row blocks: same values/grads."""
     import metasr_arch.archs.meta_upsample_arch as mua
     if route == 'row_blocks':  # exercise the block path on the CPU by standing in for the native op
-        monkeypatch.setattr(mua, 'resolve_impl', lambda impl, device, allowed: 'cuda')
+        monkeypatch.setattr(mua, 'resolve_impl', lambda impl, device, allowed, dtype=None: 'cuda')
         monkeypatch.setattr('metasr_arch.ops.native.table_conv', lambda x, t, r, c: phase_table_conv(x, t, r, c))
     torch.manual_seed(7)
     m = MetaUpsample(3, 2, 3, hidden_channels=8, impl='phase').double()
@@ -197,3 +197,25 @@ def test_cached_geometry_created_in_inference_mode_still_supports_autograd():
     out = m(x.requires_grad_(), scale=(3.3, 2.9))
     out.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_listed_impls_are_accepted_by_their_api():
+    """``available_impls(device, api)`` lists exactly the names that API runs on the device (issue 12):
+    the functional default no longer lists 'phase'/'factorized', which ``meta_upscale`` refuses."""
+    from metasr_arch import available_impls
+    torch.manual_seed(0)
+    m = MetaUpsample(4, 3, 3, hidden_channels=16).double()
+    x = torch.randn(2, 4, 5, 7, dtype=torch.float64)
+    ref, weight = _ref_for(m, x, {'scale': (2.5, 3.7)})
+    functional = available_impls('cpu')
+    for impl in functional:  # before the fix: "impl must be one of ('auto', 'im2col', 'gather', 'cuda'), got 'phase'"
+        torch.testing.assert_close(meta_upscale(x, weight.detach(), scale=(2.5, 3.7), impl=impl), ref.detach())
+    assert {'im2col', 'gather'} <= set(functional) and not {'phase', 'factorized'} & set(functional)
+    assert functional == available_impls('cpu', api='functional')
+    module = available_impls('cpu', api='module')
+    assert set(functional) | {'phase', 'factorized'} == set(module)
+    for impl in module:
+        m.impl = impl
+        torch.testing.assert_close(m(x, scale=(2.5, 3.7)), ref)
+    with pytest.raises(ValueError, match="api must be one of \\('functional', 'module'\\), got 'head'"):
+        available_impls('cpu', api='head')

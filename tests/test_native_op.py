@@ -9,6 +9,7 @@
 The extension is built once per session (module-scoped fixture) into the usual cache
 ($METASR_EXT_DIR or ~/.cache/metasr_arch), so later sessions load it at once.
 """
+import time
 import warnings
 
 import pytest
@@ -19,7 +20,7 @@ from metasr_arch.archs import MetaUpsample
 from metasr_arch.ops import axis_projection, meta_upscale, native, phase_table_conv, resolve_scale
 from metasr_arch.ops.build import main as build_main
 from metasr_arch.ops.geometry import AxisProjection
-from metasr_arch.ops.meta_upscale import available_impls, per_pixel_projection, resolve_impl
+from metasr_arch.ops.meta_upscale import MODULE_IMPLS, available_impls, per_pixel_projection, resolve_impl
 from reference import naive_meta_upscale
 
 HAS_NVCC = torch.version.cuda is not None and native.cuda_home() is not None
@@ -301,6 +302,164 @@ def test_failed_build_falls_back_with_one_warning_and_explicit_cuda_raises(monke
 
 
 # ----------------------------------------------------------------------------------------------
+# run-time self-check (native.self_check / native.trusted), on the CPU build of the same op
+
+
+class WrongKernel:
+    """Test-only hook: stands in for the loaded extension (``native._extension_for``) with the real CPU
+    kernels and one deliberate fault: 'forward' (last output pixel off, like an off-by-one at a border),
+    'grad_table' (one gradient entry off), 'crash' (the kernel raises) or None (correct; counts calls)."""
+
+    def __init__(self, ext, fault):
+        self.ext, self.fault, self.calls = ext, fault, 0
+
+    def forward(self, *args):
+        self.calls += 1
+        if self.fault == 'crash':
+            raise RuntimeError('CUDA error: an illegal memory access was encountered (test stand-in)')
+        out = self.ext.forward(*args)
+        if self.fault == 'forward':
+            out[..., -1, -1] += 0.05 * out.abs().max()
+        return out
+
+    def backward(self, *args):
+        grad_x, grad_table = self.ext.backward(*args)
+        if self.fault == 'grad_table' and grad_table.numel():
+            grad_table.view(-1)[-1] += 0.05 * grad_table.abs().max()
+        return grad_x, grad_table
+
+
+@pytest.fixture
+def fresh_checks(monkeypatch):
+    """No remembered self-check results, no distrusted device, default environment."""
+    monkeypatch.setattr(native, '_self_checks', {})
+    monkeypatch.setattr(native, '_distrusted', {})
+    monkeypatch.delenv(native.ENV_SWITCH, raising=False)
+    monkeypatch.delenv(native.ENV_SELF_CHECK, raising=False)
+
+
+def install_kernel(monkeypatch, ext, fault, auto_on_cpu=True):
+    """Route the op through a ``WrongKernel`` and (by default) let 'auto' pick the op on CPU tensors, so
+    that the CUDA dispatch logic runs here unchanged."""
+    kernel = WrongKernel(ext, fault)
+    monkeypatch.setattr(native, '_extension_for', lambda device: kernel)
+    if auto_on_cpu:
+        monkeypatch.setattr(native, 'AUTO_DEVICE_TYPES', ('cuda', 'cpu'))
+    return kernel
+
+
+def test_build_cli_self_check(ext, fresh_checks, monkeypatch, capsys):
+    assert build_main(['--variant', 'auto', '--self-check', 'cpu']) == 0
+    out = capsys.readouterr().out
+    for dtype in ('float64', 'float32', 'float16', 'bfloat16'):
+        assert f'self-check cpu {dtype}: ok in ' in out
+    native.reset()
+    install_kernel(monkeypatch, ext, 'crash', auto_on_cpu=False)
+    assert build_main(['--variant', 'auto', '--self-check', 'cpu']) == 1
+    assert "self-check cpu float32: FAILED in " in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        build_main(['--cpu-only', '--self-check', 'cuda'])
+    assert exc.value.code == 2 and 'the cpu build runs on cpu only' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_self_check_passes_on_the_cpu_build_quickly(ext, fresh_checks, dtype):
+    cpu_start = time.process_time()  # CPU time of all threads: not inflated by other jobs on a shared machine
+    result = native.self_check('cpu', dtype)
+    cpu_seconds = time.process_time() - cpu_start
+    assert result.ok, result.detail
+    assert result.device == 'cpu' and result.dtype == dtype
+    assert 'within tolerance' in result.detail
+    assert cpu_seconds < 1.0  # documented cost: tens of milliseconds on an idle machine
+    assert native.self_check(torch.device('cpu'), dtype) is result  # cached per (device, dtype)
+
+
+def test_self_check_leaves_rng_grad_mode_and_autocast_alone(ext, fresh_checks):
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+        result = native.self_check('cpu', torch.float32)
+    assert result.ok, result.detail
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize('fault, quantity', [('forward', 'forward differs'), ('grad_table', 'grad_table differs'),
+                                             ('crash', 'RuntimeError: CUDA error: an illegal memory access')])
+def test_self_check_catches_a_wrong_kernel(ext, fresh_checks, monkeypatch, fault, quantity):
+    install_kernel(monkeypatch, ext, fault, auto_on_cpu=False)
+    result = native.self_check('cpu', torch.bfloat16)
+    assert not result.ok
+    assert "case 'x4' in bfloat16" in result.detail and quantity in result.detail
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_auto_uses_the_native_op_after_its_self_check_passes(ext, fresh_checks, monkeypatch, dtype):
+    kernel = install_kernel(monkeypatch, ext, None)
+    torch.manual_seed(0)
+    head = MetaUpsample(4, 3, hidden_channels=16).to(dtype)  # impl 'auto'
+    x = torch.randn(2, 4, 5, 6, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        out = head(x, scale=(2.5, 3.7))
+    assert native._self_checks[('cpu', dtype)].ok
+    assert kernel.calls > 0  # the self-check's calls and the head's
+    calls = kernel.calls
+    head.impl = 'phase'
+    ref = head(x, scale=(2.5, 3.7))
+    assert kernel.calls == calls
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_wrong_kernel_is_caught_warned_once_and_auto_falls_back(ext, fresh_checks, monkeypatch):
+    kernel = install_kernel(monkeypatch, ext, 'grad_table')
+    x, table, rows, cols, spec = make_case(2, 4, 3, 5, 6, (2.5, 3.7), per_pixel=True, dtype=torch.float32)
+    weight = per_pixel_weight(table, rows, cols)
+    with pytest.warns(RuntimeWarning) as record:
+        out = meta_upscale(x, weight, scale=(2.5, 3.7), impl='auto')
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "self-check on cpu: case 'x4' in float32: grad_table differs" in message  # the case and the error
+    assert "Falling back: impl='auto' uses the PyTorch implementations on cpu" in message  # the fallback
+    torch.testing.assert_close(out, meta_upscale(x, weight, scale=(2.5, 3.7), impl='im2col'), rtol=1e-5, atol=1e-6)
+    calls = kernel.calls
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # no second warning, for other dtypes and APIs on that device either
+        head = MetaUpsample(4, 3, hidden_channels=16).double()
+        assert resolve_impl('auto', 'cpu', MODULE_IMPLS, dtype=torch.float64) == 'phase'
+        out = head(x.double(), scale=(2.5, 3.7))
+        assert resolve_impl('auto', 'cpu', dtype=torch.float32) == 'gather'
+    assert kernel.calls == calls  # the distrusted op was not called again
+    head.impl = 'phase'
+    torch.testing.assert_close(out, head(x.double(), scale=(2.5, 3.7)))
+    assert resolve_impl('cuda', 'cpu') == 'cuda'  # an explicit choice is not second-guessed
+
+
+def test_forced_switch_turns_a_failed_self_check_into_an_error(ext, fresh_checks, monkeypatch):
+    install_kernel(monkeypatch, ext, 'forward')
+    monkeypatch.setenv(native.ENV_SWITCH, '1')
+    head = MetaUpsample(4, 3, hidden_channels=16)
+    with pytest.raises(RuntimeError, match=r"failed its self-check on cpu \(METASR_CUDA_EXT=1 forbids the fallback\)"
+                                           r": case 'x4' in float32: forward differs"):
+        head(torch.randn(1, 4, 5, 6), scale=2)
+
+
+def test_skip_value_skips_the_self_check(ext, fresh_checks, monkeypatch):
+    kernel = install_kernel(monkeypatch, ext, 'forward')
+    monkeypatch.setenv(native.ENV_SELF_CHECK, '0')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert resolve_impl('auto', 'cpu', dtype=torch.float32) == 'cuda'
+        x, table, rows, cols, _ = make_case(1, 2, 1, 3, 4, (2.0, 2.0), per_pixel=True, dtype=torch.float32)
+        out = meta_upscale(x, per_pixel_weight(table, rows, cols), scale=2, impl='auto')
+    assert native._self_checks == {} and kernel.calls == 1  # no check ran: the faulty result went through
+    ref = meta_upscale(x, per_pixel_weight(table, rows, cols), scale=2, impl='im2col')
+    assert not torch.allclose(out, ref, rtol=1e-4, atol=1e-4)
+    monkeypatch.setenv(native.ENV_SELF_CHECK, 'later')
+    with pytest.raises(ValueError, match='METASR_NATIVE_SELF_CHECK must be 0, 1 or unset'):
+        resolve_impl('auto', 'cpu', dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------
 # (c) CUDA
 
 
@@ -380,6 +539,24 @@ def test_cuda_meta_upscale_and_module_impl(ext):
     ref = head(x, scale=(2.5, 3.7))
     head.impl = 'cuda'
     torch.testing.assert_close(head(x, scale=(2.5, 3.7)), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason=NO_CUDA)
+def test_cuda_self_check_passes_and_auto_then_uses_the_op(ext, fresh_checks):
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        result = native.self_check('cuda', dtype)
+        assert result.ok, result.detail
+    native.reset()
+    head = MetaUpsample(4, 3, hidden_channels=16).cuda()  # impl 'auto'
+    x = torch.randn(2, 4, 6, 7, device='cuda')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        out = head(x, scale=(2.5, 3.7))
+    key = (f'cuda:{torch.cuda.current_device()}', torch.float32)
+    assert native._self_checks[key].ok  # checked before the first use
+    head.impl = 'phase'
+    torch.testing.assert_close(out, head(x, scale=(2.5, 3.7)), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.cuda

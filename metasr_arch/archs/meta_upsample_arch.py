@@ -6,10 +6,9 @@ from torch.utils.checkpoint import checkpoint
 from metasr_arch.ops.geometry import (AxisProjection, ScaleArg, ScaleSpec, SizeArg, axis_projection, position_encoding,
                                       resolve_scale)
 from metasr_arch.ops.factorized import factorized_meta_upscale
-from metasr_arch.ops.meta_upscale import (check_input, meta_upscale_im2col, per_pixel_projection, phase_table_conv,
-                                          resolve_impl)
+from metasr_arch.ops.meta_upscale import (MODULE_IMPLS, check_input, meta_upscale_im2col, per_pixel_projection,
+                                          phase_table_conv, resolve_impl)
 
-MODULE_IMPLS = ('auto', 'im2col', 'gather', 'phase', 'factorized', 'cuda')
 # Largest phase table (weights + the MLP's hidden layer) built at once. Scales whose phases do not
 # repeat (e.g. out_size 721x1439 from 96x144) would otherwise build a table as large as per-pixel
 # weights; above this size 'phase' switches to the factorised form (no table at all), and 'cuda'
@@ -103,7 +102,8 @@ class MetaUpsample(nn.Module):
         if x.shape[1] != self.in_channels:
             raise ValueError(f'x has {x.shape[1]} channels, MetaUpsample expects in_channels={self.in_channels}')
         spec = resolve_scale(x.shape[2], x.shape[3], scale, out_size)
-        impl = resolve_impl(self.impl, x.device, MODULE_IMPLS)
+        # with the dtype, 'auto' hands the native op this (device, dtype) only after its self-check passed
+        impl = resolve_impl(self.impl, x.device, MODULE_IMPLS, dtype=x.dtype)
         n, k = x.shape[0], self.kernel_size
         if n == 0:  # through the MLP on no positions: backward gives zero gradients, as for any batch
             none = self.pos2weight(x.new_zeros(0, 4, dtype=self.pos2weight.meta_block[0].weight.dtype))

@@ -34,7 +34,11 @@ from torch.autograd.function import once_differentiable
 
 from .geometry import AxisProjection, ScaleArg, SizeArg, axis_projection, resolve_scale
 
+# Names each API accepts: the functional ``meta_upscale`` takes per-pixel weights, so it has no
+# 'phase'/'factorized' (those need the weight-predicting MLP of ``MetaUpsample``).
 FUNCTIONAL_IMPLS = ('auto', 'im2col', 'gather', 'cuda')
+MODULE_IMPLS = ('auto', 'im2col', 'gather', 'phase', 'factorized', 'cuda')
+APIS = {'functional': FUNCTIONAL_IMPLS, 'module': MODULE_IMPLS}
 # Bytes of transient buffers one chunk of the gather implementations may use.
 CHUNK_BYTES = 64 * 2**20
 # Relative cost per needed multiply-add of each strategy of ``phase_table_conv``: 'conv' runs in one
@@ -48,18 +52,42 @@ PIXEL_MODE_COST = 200.0
 CONV_MAX_BYTES = 1 << 30
 # Optional native implementations register here: name -> (is_available(device) -> bool).
 _NATIVE_AVAILABILITY: Dict[str, Callable[[torch.device], bool]] = {}
+# ... and, optionally, name -> (trusted(device, dtype) -> bool): asked before 'auto' first hands the
+# native op a (device, dtype) (its run-time self-check); False makes 'auto' use the PyTorch path.
+_NATIVE_TRUST: Dict[str, Callable[[torch.device, torch.dtype], bool]] = {}
 
 
-def register_native_impl(name: str, is_available: Callable[[torch.device], bool]) -> None:
-    """Let a native backend (the CUDA op) announce itself to ``available_impls`` and ``auto``."""
+def register_native_impl(name: str, is_available: Callable[[torch.device], bool],
+                         trusted: Optional[Callable[[torch.device, torch.dtype], bool]] = None) -> None:
+    """Let a native backend (the CUDA op) announce itself to ``available_impls`` and ``auto``.
+
+    ``trusted(device, dtype)``, when given, is asked by ``resolve_impl`` (with a dtype) before 'auto'
+    resolves to ``name``; it may warn and return False, and 'auto' then picks a PyTorch implementation.
+    """
     _NATIVE_AVAILABILITY[name] = is_available
+    if trusted is not None:
+        _NATIVE_TRUST[name] = trusted
 
 
-def available_impls(device=None) -> List[str]:
-    """Implementation names usable on ``device`` (default CPU). Always includes ``'im2col'``."""
+def available_impls(device=None, api: str = 'functional') -> List[str]:
+    """Implementation names usable on ``device`` (default CPU) through one API.
+
+    Args:
+        device: where the tensors live.
+        api: 'functional' (``meta_upscale``, per-pixel weights given) or 'module' (``MetaUpsample``
+            and the networks' ``impl`` option, which also have 'phase' and 'factorized').
+
+    Returns:
+        The names that API accepts and that run on ``device`` (without 'auto'); always includes
+        ``'im2col'`` and ``'gather'``.
+    """
+    if api not in APIS:
+        raise ValueError(f'api must be one of {tuple(APIS)}, got {api!r}')
     device = torch.device('cpu') if device is None else torch.device(device)
-    names = ['im2col', 'gather', 'phase', 'factorized']
+    names = [name for name in APIS[api] if name != 'auto' and name not in _NATIVE_AVAILABILITY]
     for name, is_available in _NATIVE_AVAILABILITY.items():
+        if name not in APIS[api]:
+            continue
         try:
             if is_available(device):
                 names.append(name)
@@ -357,13 +385,29 @@ def per_pixel_projection(p: AxisProjection) -> AxisProjection:
 # public functional API
 
 
-def resolve_impl(impl: str, device: torch.device, allowed=FUNCTIONAL_IMPLS) -> str:
-    """Validate ``impl`` and turn 'auto' into a concrete name for ``device``."""
+def resolve_impl(impl: str, device: torch.device, allowed=FUNCTIONAL_IMPLS,
+                 dtype: Optional[torch.dtype] = None) -> str:
+    """Validate ``impl`` and turn 'auto' into a concrete name for ``device``.
+
+    Args:
+        impl: a name of ``allowed`` (``FUNCTIONAL_IMPLS`` or ``MODULE_IMPLS``).
+        device: where the tensors live.
+        allowed: the names of the calling API.
+        dtype: the dtype the operator will run in. Given, 'auto' hands the native op a (device, dtype)
+            only after its run-time self-check passed there (``native.self_check``); otherwise it
+            picks the PyTorch path. An explicit ``impl='cuda'`` is never second-guessed.
+    """
     if impl not in allowed:
         raise ValueError(f'impl must be one of {allowed}, got {impl!r}')
-    usable = available_impls(device)
+    usable = available_impls(device, 'module')  # a superset: ``impl`` is already known to be allowed
     if impl == 'auto':
-        return 'cuda' if 'cuda' in usable else ('phase' if 'phase' in allowed else 'gather')
+        fallback = 'phase' if 'phase' in allowed else 'gather'
+        if 'cuda' not in usable:
+            return fallback
+        trusted = _NATIVE_TRUST.get('cuda')
+        if dtype is not None and trusted is not None and not trusted(torch.device(device), dtype):
+            return fallback
+        return 'cuda'
     if impl not in usable:
         from . import native  # explains why the native op is unusable
         raise RuntimeError(f"impl '{impl}' is not usable on {device}: {native.unavailable_reason(device)}")
@@ -380,7 +424,8 @@ def meta_upscale(x: torch.Tensor, weight: torch.Tensor, scale: ScaleArg = None, 
             (k1, k2, ci, co)) or (H, W, k, k, C_in, C_out).
         scale: float or (r_v, r_h), each >= 1; or give ``out_size=(H, W)`` instead.
         kernel_size: odd k.
-        impl: 'auto', 'im2col', 'gather' or 'cuda' (``available_impls`` lists what runs here).
+        impl: 'auto', 'im2col', 'gather' or 'cuda' (``available_impls(device)`` lists what runs here;
+            'phase' and 'factorized' belong to ``MetaUpsample``).
 
     Returns:
         (N, C_out, H, W).
@@ -388,7 +433,7 @@ def meta_upscale(x: torch.Tensor, weight: torch.Tensor, scale: ScaleArg = None, 
     check_input(x, kernel_size)
     spec = resolve_scale(x.shape[2], x.shape[3], scale, out_size)
     weight = canonical_weight(weight, x, spec.out_h, spec.out_w, kernel_size)
-    impl = resolve_impl(impl, x.device)
+    impl = resolve_impl(impl, x.device, dtype=x.dtype)
     n, c_out = x.shape[0], weight.shape[-1]
     if n == 0:  # zeros that depend on x and weight, so backward gives (zero) gradients like any batch
         return x.new_zeros(0, c_out, spec.out_h, spec.out_w) + (x.sum() + weight.reshape(-1)[:0].sum().to(x.dtype))
@@ -409,4 +454,5 @@ def flops(n: int, c_in: int, c_out: int, out_h: int, out_w: int, kernel_size: in
 
 
 __all__ = ['meta_upscale', 'meta_upscale_im2col', 'phase_table_conv', 'choose_table_mode', 'available_impls',
-           'register_native_impl', 'per_pixel_projection', 'check_input', 'canonical_weight', 'resolve_impl', 'flops']
+           'register_native_impl', 'per_pixel_projection', 'check_input', 'canonical_weight', 'resolve_impl', 'flops',
+           'FUNCTIONAL_IMPLS', 'MODULE_IMPLS']

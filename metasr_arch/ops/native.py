@@ -12,7 +12,11 @@
   ``cuda`` so that one build serves both.
 * ``METASR_CUDA_EXT``: unset -> use the CUDA op on CUDA devices when it builds, else fall back to
   PyTorch with one warning; ``0`` -> never use it; ``1`` -> always use it on CUDA devices, and fail
-  loudly if the build fails.
+  loudly if the build or the self-check fails.
+* ``self_check(device, dtype)``: before ``impl='auto'`` first hands the op a (device, dtype), it is
+  compared with the PyTorch phase path on a few small cases (forward and backward); a failure warns
+  once and ``auto`` uses PyTorch on that device for the rest of the process.
+  ``METASR_NATIVE_SELF_CHECK=0`` skips the check.
 
 See ``docs/native_op.md``.
 """
@@ -22,7 +26,9 @@ import re
 import shutil
 import sys
 import threading
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Dict, List, Optional, Tuple
@@ -30,21 +36,28 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .geometry import AxisProjection
-from .meta_upscale import register_native_impl
+from .geometry import AxisProjection, axis_projection, resolve_scale
+from .meta_upscale import phase_table_conv, register_native_impl
 
 ENV_SWITCH = 'METASR_CUDA_EXT'
+ENV_SELF_CHECK = 'METASR_NATIVE_SELF_CHECK'
 ENV_BUILD_DIR = 'METASR_EXT_DIR'
 # Architecture compiled for when no GPU is visible (CI, build hosts) and TORCH_CUDA_ARCH_LIST is unset.
 DEFAULT_ARCH = '9.0'
 SOURCE_FILES = ('meta_upscale.cpp', 'meta_upscale_cpu.cpp', 'meta_upscale_cuda.cu')
 HEADER_FILES = ('meta_upscale_common.h', 'meta_upscale_launch.h')
 VARIANTS = ('cuda', 'cpu')
+# Device types on which ``auto`` may pick the op. The CPU kernels are slower than the PyTorch paths
+# there (BENCHMARKS.md), so only CUDA; tests add 'cpu' to drive the dispatch through the CPU build.
+AUTO_DEVICE_TYPES = ('cuda',)
 
 _lock = threading.RLock()
 _modules: Dict[str, ModuleType] = {}
 _errors: Dict[str, str] = {}
 _warned = False
+# self_check results per (device, dtype), and the devices on which a check failed ('auto' avoids them)
+_self_checks: Dict[Tuple[str, torch.dtype], 'SelfCheckResult'] = {}
+_distrusted: Dict[str, str] = {}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,10 +207,13 @@ def _compile(variant: str, arch_list: Optional[str], verbose: bool) -> ModuleTyp
 
 
 def reset() -> None:
-    """Forget remembered build failures and the fallback warning (tests, or after fixing the toolkit)."""
+    """Forget remembered build failures, self-check results and the fallback warning (tests, or after
+    fixing the toolkit)."""
     global _warned
     with _lock:
         _errors.clear()
+        _self_checks.clear()
+        _distrusted.clear()
         _warned = False
 
 
@@ -231,13 +247,13 @@ def _extension_for(device: torch.device) -> ModuleType:
 def unavailable_reason(device: torch.device) -> str:
     """Why the native CUDA op cannot run on ``device`` (human-readable); '' when it can."""
     device = torch.device(device)
-    if device.type != 'cuda':
+    if device.type not in AUTO_DEVICE_TYPES:
         return f'the native op (impl "cuda") runs on CUDA devices only, got {device}'
     switch = _switch()
     if switch is False:
         return f'disabled by {ENV_SWITCH}=0'
     try:
-        load_extension('cuda')
+        _extension_for(device)
     except RuntimeError as exc:
         return str(exc)
     return ''
@@ -251,7 +267,7 @@ def is_available(device: torch.device) -> bool:
     """
     global _warned
     device = torch.device(device)
-    if device.type != 'cuda':
+    if device.type not in AUTO_DEVICE_TYPES:
         return False
     switch = _switch()
     if switch is not None:
@@ -264,7 +280,7 @@ def is_available(device: torch.device) -> bool:
     return not reason
 
 
-register_native_impl('cuda', is_available)
+register_native_impl('cuda', is_available, lambda device, dtype: trusted(device, dtype))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -376,6 +392,178 @@ def table_conv(x: Tensor, table: Tensor, rows: AxisProjection, cols: AxisProject
     table = table.to(dtype).contiguous()
     return torch.ops.metasr.table_conv(x, table, rows.lr_index.contiguous(), rows.phase_index.contiguous(),
                                        cols.lr_index.contiguous(), cols.phase_index.contiguous())
+
+
+# ----------------------------------------------------------------------------------------------
+# run-time self-check (what 'auto' asks before it first hands the op a device and dtype)
+
+# max |native - reference| <= tol * max |reference| for the output and both gradients, the reference
+# being the PyTorch phase path in float64 on the CPU with the same (rounded) inputs. Same values as
+# the tests' tolerances (docs/native_op.md, "Tolerances").
+SELF_CHECK_TOL = {torch.float64: 1e-6, torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+# (name, n, c_in, c_out, h, w, scale, out_size, k): an integer scale, a non-integer asymmetric one,
+# and an output size whose phases never repeat (a phase table as large as per-pixel weights).
+SELF_CHECK_CASES = (
+    ('x4', 2, 5, 3, 6, 7, (4.0, 4.0), None, 3),
+    ('x2.5 by x3.7', 2, 4, 3, 5, 6, (2.5, 3.7), None, 3),
+    ('5x7 -> 17x23 (non-repeating phases, k 5)', 1, 3, 2, 5, 7, None, (17, 23), 5),
+)
+
+
+@dataclass(frozen=True)
+class SelfCheckResult:
+    """Outcome of ``self_check``.
+
+    Attributes:
+        ok: every case matched the PyTorch phase path within ``SELF_CHECK_TOL``.
+        detail: on success the largest relative error seen; on failure the case, dtype, quantity
+            (forward, grad_x, grad_table) and the error or exception.
+        device, dtype: what was checked (``dtype`` and float32 were both run).
+        seconds: wall time of the check.
+    """
+    ok: bool
+    detail: str
+    device: str
+    dtype: torch.dtype
+    seconds: float
+
+
+def _device_key(device: torch.device) -> str:
+    device = torch.device(device)
+    if device.type == 'cuda' and device.index is None and torch.cuda.is_available():
+        device = torch.device('cuda', torch.cuda.current_device())
+    return str(device)
+
+
+def _self_check_enabled() -> bool:
+    value = os.environ.get(ENV_SELF_CHECK, '').strip().lower()
+    if value in ('', '1', 'true', 'yes', 'on'):
+        return True
+    if value in ('0', 'false', 'no', 'off'):
+        return False
+    raise ValueError(f'{ENV_SELF_CHECK} must be 0, 1 or unset, got {os.environ[ENV_SELF_CHECK]!r}')
+
+
+def _check_case(case: tuple, device: torch.device, dtype: torch.dtype) -> List[Tuple[str, float]]:
+    """(quantity, max error / max |reference|) of forward, grad_x and grad_table for one case."""
+    _, n, c_in, c_out, h, w, scale, out_size, k = case
+    spec = resolve_scale(h, w, scale, out_size)
+    rows = axis_projection(h, spec.out_h, spec.r_v, 'cpu')
+    cols = axis_projection(w, spec.out_w, spec.r_h, 'cpu')
+    gen = torch.Generator().manual_seed(20260)  # a private generator: the caller's RNG stream is untouched
+    f64 = torch.float64
+    x = torch.randn(n, c_in, h, w, generator=gen, dtype=f64).to(dtype)
+    table = (torch.randn(rows.phases.numel(), cols.phases.numel(), k, k, c_in, c_out, generator=gen, dtype=f64)
+             / (k * c_in ** 0.5)).to(dtype)
+    grad = torch.randn(n, c_out, spec.out_h, spec.out_w, generator=gen, dtype=f64).to(dtype)
+    x_ref, table_ref = x.to(f64).requires_grad_(True), table.to(f64).requires_grad_(True)
+    ref = phase_table_conv(x_ref, table_ref, rows, cols)
+    refs = (ref,) + torch.autograd.grad(ref, (x_ref, table_ref), grad.to(f64))
+    x_dev, table_dev = x.to(device).requires_grad_(True), table.to(device).requires_grad_(True)
+    rows_dev = AxisProjection(*(t.to(device) for t in rows))
+    cols_dev = AxisProjection(*(t.to(device) for t in cols))
+    out = table_conv(x_dev, table_dev, rows_dev, cols_dev)
+    gots = (out,) + torch.autograd.grad(out, (x_dev, table_dev), grad.to(device))
+    errors = []
+    for quantity, got, want in zip(('forward', 'grad_x', 'grad_table'), gots, refs):
+        got = got.detach().to('cpu', f64)
+        if got.shape != want.shape:
+            raise RuntimeError(f'{quantity} has shape {tuple(got.shape)}, expected {tuple(want.shape)}')
+        scale_ref = want.detach().abs().max().clamp_min(torch.finfo(f64).tiny)
+        err = ((got - want.detach()).abs().max() / scale_ref).item()
+        errors.append((quantity, err if err == err else float('inf')))  # NaN counts as a failure
+    return errors
+
+
+class _Mismatch(Exception):
+    """A self-check result outside the tolerance (not a crash)."""
+
+
+@torch.compiler.disable
+def self_check(device: torch.device, dtype: torch.dtype = torch.float32) -> SelfCheckResult:
+    """Compare the native op on ``device`` with the PyTorch phase path (forward and backward).
+
+    Runs ``SELF_CHECK_CASES`` in ``dtype`` and in float32, on random inputs from a private generator,
+    against ``phase_table_conv`` in float64 on the CPU, and requires every output and gradient within
+    ``SELF_CHECK_TOL`` of the dtype. An exception (build failure, kernel error) is a failure too.
+    The result is cached per (device, dtype) for the process; ``reset()`` forgets it. It takes a few
+    tens of milliseconds once the extension is loaded (docs/native_op.md).
+
+    Args:
+        device: a CPU or CUDA device (the CPU runs the CPU build of the same kernels).
+        dtype: float32, float64, float16 or bfloat16.
+
+    Returns:
+        SelfCheckResult with ``ok`` and ``detail``.
+    """
+    if dtype not in SELF_CHECK_TOL:
+        raise ValueError(f'dtype must be one of {tuple(SELF_CHECK_TOL)}, got {dtype}')
+    device = torch.device(device)
+    key = (_device_key(device), dtype)
+    with _lock:
+        if key in _self_checks:
+            return _self_checks[key]
+        start = time.perf_counter()
+        worst, failure, where = (0.0, ''), None, ''
+        try:
+            # the check itself must not inherit the caller's no_grad/inference/autocast state
+            with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+                for dt in dict.fromkeys((dtype, torch.float32)):
+                    for case in SELF_CHECK_CASES:
+                        where = f'case {case[0]!r} in {str(dt).replace("torch.", "")}'
+                        for quantity, err in _check_case(case, device, dt):
+                            if not err <= SELF_CHECK_TOL[dt]:
+                                raise _Mismatch(f'{quantity} differs from the PyTorch phase path by {err:.3g} x '
+                                                f'max|reference| (tolerance {SELF_CHECK_TOL[dt]:g})')
+                            if err > worst[0]:
+                                worst = (err, f'{quantity}, {where}')
+        except Exception as exc:  # any error means: do not trust the op here
+            failure = str(exc) if isinstance(exc, _Mismatch) else f'{type(exc).__name__}: {exc}'
+        seconds = time.perf_counter() - start
+        if failure is None:
+            detail = (f'{len(SELF_CHECK_CASES)} cases, forward and backward within tolerance; largest relative '
+                      f'error {worst[0]:.2g} ({worst[1] or "-"})')
+        else:
+            detail = f'{where}: {failure.strip()}' if where else failure.strip()
+        result = SelfCheckResult(failure is None, detail, key[0], dtype, seconds)
+        _self_checks[key] = result
+        return result
+
+
+def trusted(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``impl='auto'`` may hand the native op ``dtype`` tensors on ``device``.
+
+    The first time per (device, dtype) this runs ``self_check``. On a failure it warns once per device
+    (the case, the error and the fallback) and returns False for that device from then on, so 'auto'
+    uses the PyTorch path there for the rest of the process; with ``METASR_CUDA_EXT=1`` it raises
+    instead. ``METASR_NATIVE_SELF_CHECK=0`` skips the check (always True).
+    """
+    device = torch.device(device)
+    if torch.is_autocast_enabled(device.type):  # the op then runs in the autocast dtype (_common_dtype)
+        dtype = torch.get_autocast_dtype(device.type)
+    if not _self_check_enabled():
+        return True
+    if dtype not in SELF_CHECK_TOL:
+        return False  # not a dtype the kernels support
+    key = _device_key(device)
+    with _lock:
+        if key in _distrusted:
+            return False
+    result = self_check(device, dtype)
+    if result.ok:
+        return True
+    if _switch() is True:
+        raise RuntimeError(f'the native meta-upscale op failed its self-check on {key} ({ENV_SWITCH}=1 forbids '
+                           f'the fallback): {result.detail}')
+    with _lock:
+        first = key not in _distrusted
+        _distrusted[key] = result.detail
+    if first:
+        warnings.warn(f"metasr_arch: the native meta-upscale op failed its self-check on {key}: {result.detail}. "
+                      f"Falling back: impl='auto' uses the PyTorch implementations on {key} for the rest of this "
+                      f'process ({ENV_SWITCH}=1 makes this an error, {ENV_SELF_CHECK}=0 skips the check).',
+                      RuntimeWarning, stacklevel=4)
+    return False
 
 
 def seed_loop(variant_module: Optional[ModuleType] = None) -> Tuple[object, object]:

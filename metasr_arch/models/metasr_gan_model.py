@@ -101,12 +101,12 @@ class MetaSRGANModel(MetaSRModel):
         self.optimizer_g.zero_grad()
         g_step = current_iter % self.net_d_iters == 0 and current_iter > self.net_d_init_iters
         with torch.set_grad_enabled(g_step), self.train_autocast():  # D-only iterations need no generator graph
-            self.output = self.net_forward(self.net_g_train, self.train_input(self.lq)).float()
+            self.output = self.amp_float(self.net_forward(self.net_g_train, self.train_input(self.lq)))
         if g_step:
             with self.train_autocast():
                 l_g_total, loss_dict = self.pixel_losses(self.output, self.gt, prefix='l_g_')
                 fake_g_pred = self.net_d(self.d_input(self.output))
-                l_g_gan = self.cri_gan(fake_g_pred.float(), True, is_disc=False)
+                l_g_gan = self.cri_gan(self.amp_float(fake_g_pred), True, is_disc=False)
             l_g_total += l_g_gan
             loss_dict['l_g_gan'] = l_g_gan
             stepped |= self.backward_step(l_g_total, self.optimizer_g, 'generator')
@@ -124,7 +124,7 @@ class MetaSRGANModel(MetaSRModel):
         # R1 differentiates D's output with respect to its input: that pass stays float32, where a
         # low-precision input gradient could underflow
         with autocast(self.device, None if use_r1 else self.amp_dtype):
-            real_d_pred = self.net_d(real).float()
+            real_d_pred = self.amp_float(self.net_d(real))
             l_d_real = self.cri_gan(real_d_pred, True, is_disc=True)
         loss_dict['l_d_real'] = l_d_real
         loss_dict['out_d_real'] = torch.mean(real_d_pred.detach())
@@ -137,7 +137,7 @@ class MetaSRGANModel(MetaSRModel):
         if d_ok:  # backward now: the real graph is freed before the fake pass
             self.grad_scaler.scale(l_d_real_total).backward()
         with self.train_autocast():
-            fake_d_pred = self.net_d(self.d_input(self.output.detach())).float()
+            fake_d_pred = self.amp_float(self.net_d(self.d_input(self.output.detach())))
             l_d_fake = self.cri_gan(fake_d_pred, False, is_disc=True)
         loss_dict['l_d_fake'] = l_d_fake
         loss_dict['out_d_fake'] = torch.mean(fake_d_pred.detach())

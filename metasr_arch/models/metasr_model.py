@@ -318,6 +318,10 @@ class MetaSRModel(SRModel):
         """``torch.autocast`` of ``train.amp`` for the training forward and loss (no-op when off)."""
         return autocast(self.device, self.amp_dtype)
 
+    def amp_float(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` as float32 under ``train.amp`` (losses are computed from float32), unchanged otherwise."""
+        return t.float() if self.amp_dtype is not None else t
+
     def train_input(self, lq: torch.Tensor) -> torch.Tensor:
         """``lq`` in the training memory format (channels-last with ``train.channels_last``)."""
         return lq.contiguous(memory_format=torch.channels_last) if self.channels_last else lq
@@ -376,8 +380,7 @@ class MetaSRModel(SRModel):
     def optimize_parameters(self, current_iter: int) -> None:
         self.optimizer_g.zero_grad()
         with self.train_autocast():
-            # losses in float32 from the (possibly bf16/fp16) output
-            self.output = self.net_forward(self.net_g_train, self.train_input(self.lq)).float()
+            self.output = self.amp_float(self.net_forward(self.net_g_train, self.train_input(self.lq)))
             l_total, loss_dict = self.pixel_losses(self.output, self.gt)
         stepped = self.backward_step(l_total, self.optimizer_g)
         self.log_dict = self.reduce_loss_dict(loss_dict)

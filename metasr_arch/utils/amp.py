@@ -12,6 +12,7 @@
 """
 import warnings
 from contextlib import nullcontext
+from functools import lru_cache
 from typing import Callable, ContextManager, Mapping, Optional, Union
 
 import torch
@@ -47,7 +48,11 @@ def _device_type(device: Union[torch.device, str, torch.Tensor]) -> str:
 
 def autocast_supported(device: Union[torch.device, str, torch.Tensor], dtype: torch.dtype) -> bool:
     """Whether ``torch.autocast`` runs ops in ``dtype`` on ``device``'s type (torch disables it otherwise)."""
-    device_type = _device_type(device)
+    return _autocast_supported(_device_type(device), dtype)
+
+
+@lru_cache(maxsize=None)  # asked once per training iteration
+def _autocast_supported(device_type: str, dtype: torch.dtype) -> bool:
     if not torch.amp.is_autocast_available(device_type):
         return False
     with warnings.catch_warnings():

@@ -38,6 +38,7 @@ import metasr_arch  # noqa: F401  (registers the archs and aliases functional_te
 import torch
 
 from metasr_arch.archs.meta_upsample_arch import MODULE_IMPLS
+from metasr_arch.utils.amp import autocast_supported
 from metasr_arch.utils.checkpoint import load_network, network_channels, set_impl
 from metasr_arch.utils.inference import upscale_sample
 from metasr_arch.utils.naming import Request, parse_scale_text, parse_size_text, request_tag
@@ -148,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--param-key', default=None, help='params or params_ema (default: params_ema if present)')
     p.add_argument('--tile', type=int, default=None, help='tile size in input pixels (default: whole image)')
     p.add_argument('--tile-overlap', type=int, default=8, help='tile overlap in input pixels (default: 8)')
-    p.add_argument('--fp16', action='store_true', help='half-precision autocast (CUDA only)')
+    p.add_argument('--fp16', action='store_true', help='float16 autocast (CUDA, or a CPU where torch supports it)')
+    p.add_argument('--bf16', action='store_true', help='bfloat16 autocast (CUDA with bf16 support, or the CPU)')
     p.add_argument('--device', default='auto', help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument('--impl', default=None, choices=MODULE_IMPLS,
                    help="operator implementation of every MetaUpsample (default: the checkpoint's, e.g. 'auto')")
@@ -188,8 +190,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
         parser.error(f'--device {args.device!r} is not a device name (cpu, cuda, cuda:1, ...)')
     if device.type == 'cuda' and not torch.cuda.is_available():
         parser.error(f'--device {args.device}: CUDA is not available on this machine')
-    if args.fp16 and device.type != 'cuda':
-        parser.error('--fp16 needs a CUDA device (half precision is slow and inaccurate on the CPU)')
+    if args.fp16 and args.bf16:
+        parser.error('give at most one of --fp16 and --bf16')
+    for flag, dtype in (('fp16', torch.float16), ('bf16', torch.bfloat16)):
+        if getattr(args, flag) and not autocast_supported(device, dtype):
+            parser.error(f'--{flag}: torch {torch.__version__} has no {flag} autocast on {device.type}')
     return args, requests, device
 
 
@@ -232,7 +237,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             try:
                 check_max_pixels(sample.data.shape, request, args.max_pixels)
                 data, alpha = upscale_sample(net, sample, request, channels, device, args.tile,
-                                             args.tile_overlap, args.fp16)
+                                             args.tile_overlap, args.fp16, args.bf16)
                 write_sample(sample, data, alpha, out.with_suffix(''))
                 written += 1
             except (ValueError, RuntimeError, TypeError, OSError) as err:

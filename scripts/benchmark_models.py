@@ -11,6 +11,12 @@ median time, the Meta/fixed time ratio, bytes saved for backward (every tensor a
 once per storage, parameters excluded, via ``torch.autograd.graph.saved_tensors_hooks``) and on CUDA
 the peak allocated memory.
 
+Mixed precision and compilation: ``--amp off bf16`` (or fp16) measures each autocast mode interleaved
+with the others (forward and loss under ``torch.autocast``, the loss on the float32 output, as
+``train.amp`` does; no GradScaler, whose cost is negligible) and adds a table of step time, saved
+bytes and peak CUDA memory relative to the first mode. ``--compile`` compiles the shared trunk as
+``train.compile: true`` does (the warm-up iteration absorbs the compilation).
+
 Configurations:
   full (default): the paper's MetaRDN (G0 64, D 16, C 8, G 64) and classical SwinIR (embed 180,
       depths 6x6, heads 6x6, window 8, mlp 2), batch 16, 48x48 LR patches, x4.
@@ -26,11 +32,13 @@ Usage:
     python scripts/benchmark_models.py --reduced --repeats 3          # CPU
     python scripts/benchmark_models.py --device cuda --repeats 10       # the issue's configuration
     python scripts/benchmark_models.py --trunks SwinIR --batch 8 --repeats 3   # full patch, CPU memory
+    python scripts/benchmark_models.py --reduced --amp off bf16 --repeats 5   # bf16 vs float32, CPU
+    python scripts/benchmark_models.py --device cuda --amp off bf16 --repeats 10   # the GPU target (issue 13)
 """
 import argparse
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import metasr_arch  # noqa: F401  (before basicsr)
 
@@ -42,6 +50,7 @@ from torch import nn
 from metasr_arch.archs.metardn_arch import MetaRDN
 from metasr_arch.archs.metasr_base import MetaSRNet
 from metasr_arch.archs.swinir_meta_arch import SwinIRMeta
+from metasr_arch.utils.amp import AMP_DTYPES, autocast, autocast_supported, compile_for_training
 
 SCALE = 4
 
@@ -87,12 +96,15 @@ def saved_bytes(step: Callable[[], torch.Tensor], params: List[torch.Tensor]) ->
 
 
 def make_iteration(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                   target: torch.Tensor) -> Callable[[], None]:
-    """One training iteration without the optimizer step: zero grads, forward, L1 loss, backward."""
+                   target: torch.Tensor, amp: Optional[torch.dtype] = None) -> Callable[[], None]:
+    """One training iteration without the optimizer step: zero grads, forward and L1 loss (under
+    autocast to ``amp`` when given, loss on the float32 output as MetaSRModel computes it), backward."""
 
     def iteration():
         model.zero_grad(set_to_none=True)
-        F.l1_loss(forward(x), target).backward()
+        with autocast(x, amp):
+            loss = F.l1_loss(forward(x).float(), target)
+        loss.backward()
 
     return iteration
 
@@ -107,19 +119,25 @@ def timed(iteration: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def compare(meta_model: nn.Module, meta_fwd, base_model: nn.Module, base_fwd, x, target, repeats: int,
-            device: torch.device) -> dict:
-    """Median times of both models, measured interleaved (A, B, A, B, ...) so that both see the same load."""
-    its = {'meta': make_iteration(meta_model, meta_fwd, x, target),
-           'fixed': make_iteration(base_model, base_fwd, x, target)}
+def measure(cases: Dict[Tuple, tuple], x: torch.Tensor, target: torch.Tensor, repeats: int,
+            device: torch.device) -> Dict[Tuple, dict]:
+    """Times of every case, measured interleaved (A, B, C, A, B, C, ...) so that all see the same load.
+
+    Args:
+        cases: key -> (model, forward, amp dtype or None).
+    Returns:
+        key -> {'times': [s] per repeat, 'time': median, 'saved': bytes saved for backward,
+        'peak': peak CUDA bytes of one iteration (None on the CPU)}.
+    """
+    its = {k: make_iteration(model, fwd, x, target, amp) for k, (model, fwd, amp) in cases.items()}
     for it in its.values():
-        it()  # warm-up: caches, allocator, lazy init
+        it()  # warm-up: caches, allocator, lazy init, compilation
     times = {k: [] for k in its}
     for _ in range(repeats):
         for k, it in its.items():
             times[k].append(timed(it, device))
-    result = {'ratio': statistics.median(a / b for a, b in zip(times['meta'], times['fixed']))}
-    for k, model, fwd in (('meta', meta_model, meta_fwd), ('fixed', base_model, base_fwd)):
+    result = {}
+    for k, (model, fwd, amp) in cases.items():
         peak = None
         if device.type == 'cuda':
             model.zero_grad(set_to_none=True)
@@ -127,9 +145,23 @@ def compare(meta_model: nn.Module, meta_fwd, base_model: nn.Module, base_fwd, x,
             its[k]()
             peak = torch.cuda.max_memory_allocated(device)
         model.zero_grad(set_to_none=True)
-        saved = saved_bytes(lambda: F.l1_loss(fwd(x), target), list(model.parameters()))
-        result[k] = dict(time=statistics.median(times[k]), saved=saved, peak=peak)
+
+        def step(fwd=fwd, amp=amp):
+            with autocast(x, amp):
+                return F.l1_loss(fwd(x).float(), target)
+
+        saved = saved_bytes(step, list(model.parameters()))
+        result[k] = dict(times=times[k], time=statistics.median(times[k]), saved=saved, peak=peak)
     return result
+
+
+def paired_ratio(a: dict, b: dict) -> float:
+    """Median over repeats of a's time / b's time (both measured in the same round)."""
+    return statistics.median(x / y for x, y in zip(a['times'], b['times']))
+
+
+def mib(n: Optional[int]) -> str:
+    return 'n/a (CPU)' if n is None else f'{n / 2**20:.0f} MiB'
 
 
 def main(argv=None) -> None:
@@ -142,6 +174,12 @@ def main(argv=None) -> None:
     parser.add_argument('--patch', type=int, default=None, help='override the LR patch size')
     parser.add_argument('--impl', default='auto', help="MetaUpsample implementation ('auto')")
     parser.add_argument('--trunks', nargs='+', default=['RDN', 'SwinIR'], choices=['RDN', 'SwinIR'])
+    parser.add_argument('--amp', nargs='+', default=['off'], choices=list(AMP_DTYPES),
+                        help="autocast modes to measure, interleaved (e.g. 'off bf16'; default off); with "
+                             'more than one, a second table compares each to the first')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the trunk (as train.compile: true), shared by the Meta and fixed nets')
+    parser.add_argument('--compile-backend', default='inductor', help='torch.compile backend with --compile')
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     batch, patch = (2, 24) if args.reduced else (16, 48)
@@ -153,21 +191,36 @@ def main(argv=None) -> None:
         if args.patch < 1 or ('SwinIR' in args.trunks and args.patch % 8):
             parser.error(f'--patch must be >= 1 (a multiple of 8 with SwinIR), got {args.patch}')
         patch = args.patch
+    for mode in args.amp:
+        if AMP_DTYPES[mode] is not None and not autocast_supported(device, AMP_DTYPES[mode]):
+            parser.error(f'--amp {mode}: torch {torch.__version__} has no {mode} autocast on {device.type}')
     torch.manual_seed(0)
     x = torch.rand(batch, 3, patch, patch, device=device)
     target = torch.rand(batch, 3, patch * SCALE, patch * SCALE, device=device)
     nets = build(patch, args.impl)
     print(f'device={device} batch={batch} patch={patch}x{patch} x{SCALE} repeats={args.repeats} impl={args.impl} '
-          f'torch={torch.__version__} threads={torch.get_num_threads()}')
-    rows = []
+          f'amp={",".join(args.amp)} compile={args.compile_backend if args.compile else "off"} '
+          f'torch={torch.__version__} threads={torch.get_num_threads()}'
+          + (f' gpu={torch.cuda.get_device_name(device)}' if device.type == 'cuda' else ''))
+    rows, amp_rows = [], []
     for name in args.trunks:
         net = nets[name].to(device).train()
         base = FixedScaleBaseline(net, net.upsample.in_channels, net.num_out_ch).to(device).train()
-        res = compare(net, lambda t: net(t, scale=SCALE), base, base, x, target, args.repeats, device)
+        if args.compile:
+            compile_for_training(net, {'scope': 'trunk', 'backend': args.compile_backend})
+        cases = {}
+        for mode in args.amp:
+            cases[mode, 'meta'] = (net, lambda t: net(t, scale=SCALE), AMP_DTYPES[mode])
+            cases[mode, 'fixed'] = (base, base, AMP_DTYPES[mode])
+        res = measure(cases, x, target, args.repeats, device)
         trunk = sum(p.numel() for p in base.trunk_parameters())
-        rows.append((name, trunk, sum(p.numel() for p in net.upsample.parameters()),
-                     sum(p.numel() for p in base.up.parameters()) + sum(p.numel() for p in base.conv_last.parameters()),
-                     res['meta'], res['fixed'], res['ratio']))
+        for mode in args.amp:
+            label = name if mode == 'off' else f'{name} {mode}'
+            rows.append((label, trunk, sum(p.numel() for p in net.upsample.parameters()),
+                         sum(p.numel() for p in base.up.parameters()) + sum(p.numel() for p in base.conv_last.parameters()),
+                         res[mode, 'meta'], res[mode, 'fixed'], paired_ratio(res[mode, 'meta'], res[mode, 'fixed'])))
+            ref = res[args.amp[0], 'meta']
+            amp_rows.append((name, mode, res[mode, 'meta'], ref, paired_ratio(res[mode, 'meta'], ref)))
         net.cpu()
     print('\n| trunk | trunk params | Meta head params | fixed x4 head params | Meta time (s) | fixed time (s) '
           '| time ratio (median of paired) | saved for backward Meta / fixed | peak CUDA Meta / fixed |')
@@ -179,6 +232,15 @@ def main(argv=None) -> None:
               f"{fixed['time']:.3f} | {ratio:.3f} | "
               f"{meta['saved'] / 2**20:.0f} / {fixed['saved'] / 2**20:.0f} MiB = {meta['saved'] / fixed['saved']:.3f} "
               f'| {peak} |')
+    if len(args.amp) > 1:
+        first = args.amp[0]
+        print(f'\n| network (Meta head) | amp | step time (s) | time vs {first} (median of paired) '
+              f'| saved for backward | vs {first} | peak CUDA | vs {first} |')
+        print('|---|---|---|---|---|---|---|---|')
+        for name, mode, meta, ref, ratio in amp_rows:
+            peak_ratio = f"{meta['peak'] / ref['peak']:.3f}" if meta['peak'] else 'n/a'
+            print(f"| {name}Meta | {mode} | {meta['time']:.3f} | {ratio:.3f} | {mib(meta['saved'])} | "
+                  f"{meta['saved'] / ref['saved']:.3f} | {mib(meta['peak'])} | {peak_ratio} |")
 
 
 if __name__ == '__main__':

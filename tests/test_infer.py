@@ -214,7 +214,7 @@ def test_folder_with_failures_continues_and_summarises(tmp_path, ckpt, capsys):
     (['--scale', '2x'], 'malformed'),
     (['--size', '10'], '--size'),
     ([], 'at least one --scale or --size'),
-    (['--scale', '2', '--fp16'], '--fp16'),
+    (['--scale', '2', '--fp16', '--bf16'], 'at most one of --fp16 and --bf16'),
 ])
 def test_bad_arguments_exit_2_naming_them(tmp_path, ckpt, capsys, args, message):
     with pytest.raises(SystemExit) as info:

@@ -1,4 +1,6 @@
 """The Meta-SR upscaling head: Pos2Weight (weight prediction) and MetaUpsample (head module)."""
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -14,6 +16,19 @@ from metasr_arch.ops.meta_upscale import (MODULE_IMPLS, check_input, meta_upscal
 # weights; above this size 'phase' switches to the factorised form (no table at all), and 'cuda'
 # produces the output in row blocks whose tables are recomputed in backward.
 TABLE_BUDGET_BYTES = 128 * 2**20
+
+
+def _float32_region(t: torch.Tensor):
+    """Autocast switched off (when on) for ``t``'s device: the weight MLP and the position encoding keep
+    float32 (a bf16 phase offset would move weights by up to 2^-8 of their range)."""
+    device_type = t.device.type
+    return torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext()
+
+
+def _conv_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the head's convolution runs in: autocast's when on for ``x``'s device, else ``x``'s."""
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
 
 
 def _row_block(rows: AxisProjection, r0: int, r1: int) -> AxisProjection:
@@ -112,27 +127,41 @@ class MetaUpsample(nn.Module):
         cols = axis_projection(x.shape[3], spec.out_w, spec.r_h, x.device)
         dtype = self.pos2weight.meta_block[0].weight.dtype  # the MLP runs in its own dtype
         if impl in ('im2col', 'gather'):
-            pos = position_encoding(rows, cols, spec.r_v, spec.r_h, per_pixel=True, dtype=dtype)
-            weights = self.pos2weight(pos).to(x.dtype)
-            table = weights.view(spec.out_h, spec.out_w, k, k, self.in_channels, self.out_channels)
+            with _float32_region(x):
+                pos = position_encoding(rows, cols, spec.r_v, spec.r_h, per_pixel=True, dtype=dtype)
+                weights = self.pos2weight(pos)
+            x = x.to(_conv_dtype(x))
+            table = weights.to(x.dtype).view(spec.out_h, spec.out_w, k, k, self.in_channels, self.out_channels)
             if impl == 'im2col':
                 return meta_upscale_im2col(x, table, rows, cols, k)
             return phase_table_conv(x, table, per_pixel_projection(rows), per_pixel_projection(cols), mode='pixel')
         if impl == 'factorized':
-            return factorized_meta_upscale(x, self.pos2weight.meta_block, rows, cols, spec.r_v, spec.r_h, k,
-                                           self.out_channels)
+            return self._factorized(x, rows, cols, spec)
         return self._phase_forward(x, rows, cols, spec, impl, dtype)
+
+    def _factorized(self, x: torch.Tensor, rows: AxisProjection, cols: AxisProjection,
+                    spec: ScaleSpec) -> torch.Tensor:
+        """``factorized_meta_upscale``; under autocast in float32: its gather mixes the MLP's hidden
+        activations into the sum, which must stay float32, and its custom backward needs one dtype."""
+        if torch.is_autocast_enabled(x.device.type):
+            with _float32_region(x):
+                return self._factorized(x.float(), rows, cols, spec)
+        return factorized_meta_upscale(x, self.pos2weight.meta_block, rows, cols, spec.r_v, spec.r_h,
+                                       self.kernel_size, self.out_channels)
 
     def _phase_table(self, rows: AxisProjection, cols: AxisProjection, spec: ScaleSpec,
                      dtype: torch.dtype) -> torch.Tensor:
         """(Pv, Ph, k, k, C_in, C_out) weights of the distinct phase pairs."""
-        pos = position_encoding(rows, cols, spec.r_v, spec.r_h, dtype=dtype)
         k = self.kernel_size
-        return self.pos2weight(pos).view(rows.phases.numel(), cols.phases.numel(), k, k, self.in_channels,
-                                         self.out_channels)
+        with _float32_region(rows.phases):
+            pos = position_encoding(rows, cols, spec.r_v, spec.r_h, dtype=dtype)
+            weights = self.pos2weight(pos)
+        return weights.view(rows.phases.numel(), cols.phases.numel(), k, k, self.in_channels, self.out_channels)
 
     def _apply_table(self, x: torch.Tensor, table: torch.Tensor, rows: AxisProjection, cols: AxisProjection,
                      impl: str) -> torch.Tensor:
+        # under autocast the table meets the features in the autocast dtype (as a conv's weight would)
+        x = x.to(_conv_dtype(x))
         table = table.to(x.dtype)
         if impl == 'cuda':
             from metasr_arch.ops import native
@@ -147,8 +176,7 @@ class MetaUpsample(nn.Module):
         if rows.phases.numel() * ph * per_pair <= TABLE_BUDGET_BYTES:
             return self._apply_table(x, self._phase_table(rows, cols, spec, dtype), rows, cols, impl)
         if impl == 'phase':
-            return factorized_meta_upscale(x, self.pos2weight.meta_block, rows, cols, spec.r_v, spec.r_h,
-                                           self.kernel_size, self.out_channels)
+            return self._factorized(x, rows, cols, spec)
         # Each output row adds at most one row phase, so a block of this many rows stays in budget.
         step = max(1, TABLE_BUDGET_BYTES // (ph * per_pair))
 

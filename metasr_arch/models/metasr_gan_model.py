@@ -20,6 +20,7 @@ from torch import nn
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.utils.registry import MODEL_REGISTRY
+from metasr_arch.utils.amp import autocast
 from metasr_arch.utils.registry import register
 from .metasr_model import MetaSRModel
 
@@ -91,34 +92,26 @@ class MetaSRGANModel(MetaSRModel):
         return img[..., :h, :w]
 
     def optimize_parameters(self, current_iter: int) -> None:
-        loss_dict = OrderedDict()
+        # Under train.amp the generator and discriminator forwards and losses run in autocast; one
+        # GradScaler serves both optimizers (updated once per iteration, as torch.amp recommends).
+        stepped = False
 
         # ---------------- generator
         _set_requires_grad(self.net_d, False)  # no D gradients from the G step
         self.optimizer_g.zero_grad()
         g_step = current_iter % self.net_d_iters == 0 and current_iter > self.net_d_init_iters
-        with torch.set_grad_enabled(g_step):  # D-only iterations need no generator graph
-            self.output = self.net_forward(self.net_g, self.lq)
+        with torch.set_grad_enabled(g_step), self.train_autocast():  # D-only iterations need no generator graph
+            self.output = self.amp_float(self.net_forward(self.net_g_train, self.train_input(self.lq)))
         if g_step:
-            l_g_total = 0
-            if self.cri_pix:
-                l_g_pix = self.cri_pix(self.output, self.gt)
-                l_g_total += l_g_pix
-                loss_dict['l_g_pix'] = l_g_pix
-            if self.cri_perceptual:
-                l_g_percep, l_g_style = self.cri_perceptual(self.output, self.gt)
-                if l_g_percep is not None:
-                    l_g_total += l_g_percep
-                    loss_dict['l_g_percep'] = l_g_percep
-                if l_g_style is not None:
-                    l_g_total += l_g_style
-                    loss_dict['l_g_style'] = l_g_style
-            fake_g_pred = self.net_d(self.d_input(self.output))
-            l_g_gan = self.cri_gan(fake_g_pred, True, is_disc=False)
+            with self.train_autocast():
+                l_g_total, loss_dict = self.pixel_losses(self.output, self.gt, prefix='l_g_')
+                fake_g_pred = self.net_d(self.d_input(self.output))
+                l_g_gan = self.cri_gan(self.amp_float(fake_g_pred), True, is_disc=False)
             l_g_total += l_g_gan
             loss_dict['l_g_gan'] = l_g_gan
-            l_g_total.backward()
-            self.optimizer_g.step()
+            stepped |= self.backward_step(l_g_total, self.optimizer_g, 'generator')
+        else:
+            loss_dict = OrderedDict()
 
         # ---------------- discriminator
         _set_requires_grad(self.net_d, True)
@@ -128,8 +121,11 @@ class MetaSRGANModel(MetaSRModel):
         if use_r1:
             # the real pass doubles as R1's: grad wrt the real images needs them as graph leaves
             real = real.clone().requires_grad_(True)
-        real_d_pred = self.net_d(real)
-        l_d_real = self.cri_gan(real_d_pred, True, is_disc=True)
+        # R1 differentiates D's output with respect to its input: that pass stays float32, where a
+        # low-precision input gradient could underflow
+        with autocast(self.device, None if use_r1 else self.amp_dtype):
+            real_d_pred = self.amp_float(self.net_d(real))
+            l_d_real = self.cri_gan(real_d_pred, True, is_disc=True)
         loss_dict['l_d_real'] = l_d_real
         loss_dict['out_d_real'] = torch.mean(real_d_pred.detach())
         l_d_real_total = l_d_real
@@ -137,16 +133,22 @@ class MetaSRGANModel(MetaSRModel):
             l_d_r1 = self.cri_r1(real_d_pred, real)
             loss_dict['l_d_r1'] = l_d_r1
             l_d_real_total = l_d_real_total + l_d_r1
-        l_d_real_total.backward()
-        fake_d_pred = self.net_d(self.d_input(self.output.detach()))
-        l_d_fake = self.cri_gan(fake_d_pred, False, is_disc=True)
+        d_ok = self.loss_is_finite(l_d_real_total, 'discriminator (real)')
+        if d_ok:  # backward now: the real graph is freed before the fake pass
+            self.grad_scaler.scale(l_d_real_total).backward()
+        with self.train_autocast():
+            fake_d_pred = self.amp_float(self.net_d(self.d_input(self.output.detach())))
+            l_d_fake = self.cri_gan(fake_d_pred, False, is_disc=True)
         loss_dict['l_d_fake'] = l_d_fake
         loss_dict['out_d_fake'] = torch.mean(fake_d_pred.detach())
-        l_d_fake.backward()
-        self.optimizer_d.step()
+        if d_ok and self.loss_is_finite(l_d_fake, 'discriminator (fake)'):
+            self.grad_scaler.scale(l_d_fake).backward()
+            self.grad_scaler.step(self.optimizer_d)
+            stepped = True
 
         self.log_dict = self.reduce_loss_dict(loss_dict)
         self.log_dict['scale_v'], self.log_dict['scale_h'] = self.scale
+        self.finish_steps(stepped)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 

@@ -12,6 +12,10 @@ bicubic baseline, best value per (dataset, scale), one JSON line per (dataset, s
 ``metrics.jsonl`` and a markdown PSNR table (``psnr_table.md``) in the experiment/results folder.
 Every option is described in ``docs/training.md``.
 
+Speed options (``train.amp``, ``train.compile``, ``train.channels_last``, ``val.amp``): forward and
+loss under ``torch.autocast``, fp16 with a ``GradScaler`` saved in the training state; non-finite losses
+skip the step (counted in the log as ``skipped_nonfinite``).
+
 Overridable steps (a GAN subclass keeps them): ``draw_scale``, ``synthesize_lq``, ``feed_data``,
 ``net_forward``, ``optimize_parameters``, ``current_scale``.
 """
@@ -36,9 +40,10 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from metasr_arch.ops.geometry import parse_scale, resolve_scale
+from metasr_arch.utils.amp import all_finite, amp_dtype, amp_name, autocast, compile_for_training, parse_compile
 from metasr_arch.utils.atomic import atomic_write, atomic_write_bytes
-from metasr_arch.utils.registry import register
 from metasr_arch.utils.naming import scale_tag
+from metasr_arch.utils.registry import register
 from metasr_arch.utils.resize import imresize_to
 from metasr_arch.utils.safetensors_ckpt import read_network_checkpoint, save_safetensors_checkpoint
 from metasr_arch.utils.scale_sampler import build_scale_sampler, parse_scale_list
@@ -132,6 +137,13 @@ def check_metasr_options(opt: Mapping) -> None:
             sampler = build_scale_sampler(train['scale_sampler'], opt.get('manual_seed') or 0)
             spec = resolve_scale(h, w, sampler.max_scale)
             biggest = (spec.out_h, spec.out_w)
+        amp_dtype(train.get('amp'), 'train.amp')
+        parse_compile(train.get('compile'), 'train.compile')
+        if not isinstance(train.get('channels_last', False), bool):
+            raise ValueError(f'train.channels_last must be true or false, got {train.get("channels_last")!r}')
+        scaler = train.get('grad_scaler')
+        if scaler is not None and not isinstance(scaler, Mapping):
+            raise ValueError(f'train.grad_scaler must be a dict of GradScaler options, got {scaler!r}')
         ds = (opt.get('datasets') or {}).get('train') or {}
         if ds.get('gt_size') is not None:
             gh, gw = _pair(ds['gt_size'], 'datasets.train.gt_size')
@@ -141,6 +153,7 @@ def check_metasr_options(opt: Mapping) -> None:
                                  f'{train["lr_patch_size"]!r}')
     val = opt.get('val')
     if val is not None:
+        amp_dtype(val.get('amp'), 'val.amp')
         if val.get('scales') is not None:
             parse_scale_list(val['scales'], 'val.scales')
         if val.get('lr_size') is not None:
@@ -170,6 +183,11 @@ class MetaSRModel(SRModel):
         self.scale: Scale = (1.0, 1.0)
         self.out_size: Optional[Tuple[int, int]] = None
         self._validated_at: Set[Tuple[str, int]] = set()  # (dataset, iter) pairs validated in this process
+        self.val_amp_dtype = amp_dtype((opt.get('val') or {}).get('amp'), 'val.amp')
+        # training speed settings (init_training_settings sets them from train.*; defaults for test mode)
+        self.amp_dtype: Optional[torch.dtype] = None
+        self.channels_last = False
+        self.skipped_nonfinite = 0
         super().__init__(opt)
 
     # ------------------------------------------------------------------ training settings
@@ -179,10 +197,23 @@ class MetaSRModel(SRModel):
         self.fixed_out_size = _pair(train['out_size'], 'train.out_size') if train.get('out_size') else None
         self.scale_sampler = None if self.fixed_out_size else build_scale_sampler(
             train['scale_sampler'], self.opt.get('manual_seed') or 0)
+        self.amp_dtype = amp_dtype(train.get('amp'), 'train.amp')
+        with autocast(self.device, self.amp_dtype):  # fails now if torch cannot autocast to it on this device
+            pass
+        # fp16 needs loss scaling (its range ends at 65504); bf16 has float32's range and needs none
+        self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16,
+                                                **(train.get('grad_scaler') or {}))
+        self.channels_last = bool(train.get('channels_last', False))
         super().init_training_settings()
+        compile_opts = parse_compile(train.get('compile'), 'train.compile')
+        self.net_g_train = self.net_g if compile_opts is None else compile_for_training(
+            self.net_g, compile_opts, self.get_bare_model(self.net_g))
 
     def model_to_device(self, net: nn.Module) -> nn.Module:
-        """BasicSR's, plus DDP on CPU (gloo): BasicSR always passes a CUDA device id."""
+        """BasicSR's, plus DDP on CPU (gloo): BasicSR always passes a CUDA device id; channels-last
+        parameters with ``train.channels_last`` (before DDP, which keeps the layout of its gradient buckets)."""
+        if self.opt.get('is_train') and (self.opt.get('train') or {}).get('channels_last'):
+            net = net.to(memory_format=torch.channels_last)
         if self.opt.get('dist') and self.device.type == 'cpu':
             return DistributedDataParallel(net.to(self.device),
                                            find_unused_parameters=self.opt.get('find_unused_parameters', False))
@@ -278,41 +309,99 @@ class MetaSRModel(SRModel):
         else:
             out = net(lq, **request)
         if self.opt.get('bicubic_skip', False):
-            # global skip: the network predicts the residual over MATLAB bicubic (off by default)
-            out = out + imresize_to(lq, tuple(out.shape[-2:])).to(out.dtype)
+            # global skip: the network predicts the residual over MATLAB bicubic (off by default); in
+            # float32 under autocast, where a bf16 image would be rounded to about 8 bits
+            with torch.autocast(lq.device.type, enabled=False):
+                dtype = torch.promote_types(out.dtype, lq.dtype)
+                out = out.to(dtype) + imresize_to(lq, tuple(out.shape[-2:])).to(dtype)
         return out
 
-    def optimize_parameters(self, current_iter: int) -> None:
-        self.optimizer_g.zero_grad()
-        self.output = self.net_forward(self.net_g, self.lq)
+    # ------------------------------------------------------------------ mixed precision steps
+    def train_autocast(self):
+        """``torch.autocast`` of ``train.amp`` for the training forward and loss (no-op when off)."""
+        return autocast(self.device, self.amp_dtype)
+
+    def amp_float(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` as float32 under ``train.amp`` (losses are computed from float32), unchanged otherwise."""
+        return t.float() if self.amp_dtype is not None else t
+
+    def train_input(self, lq: torch.Tensor) -> torch.Tensor:
+        """``lq`` in the training memory format (channels-last with ``train.channels_last``)."""
+        return lq.contiguous(memory_format=torch.channels_last) if self.channels_last else lq
+
+    def loss_is_finite(self, loss: torch.Tensor, what: str = 'generator') -> bool:
+        """Whether ``loss`` is finite (on every rank); if not, warn and count it in ``skipped_nonfinite``."""
+        if all_finite(loss, bool(self.opt.get('dist'))):
+            return True
+        self.skipped_nonfinite += 1
+        get_root_logger().warning(
+            f'iter {self.current_iter}: non-finite {what} loss ({float(loss.detach()):g}) at scale '
+            f'{tuple(self.scale)} (amp {amp_name(self.amp_dtype)}); step skipped ({self.skipped_nonfinite} so far)')
+        return False
+
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, what: str = 'generator') -> bool:
+        """``loss.backward()`` and ``optimizer.step()``, through the GradScaler with fp16.
+
+        A non-finite loss (on any rank) skips both (``loss_is_finite``): nothing of it reaches the
+        weights. With fp16 the scaler also skips steps whose gradients overflow and lowers its scale
+        (standard loss scaling, not counted as non-finite losses). Returns whether the step was taken;
+        the caller then calls ``finish_steps`` once per iteration.
+        """
+        if not self.loss_is_finite(loss, what):
+            return False
+        self.grad_scaler.scale(loss).backward()
+        self.grad_scaler.step(optimizer)
+        return True
+
+    def finish_steps(self, stepped: bool) -> None:
+        """Update the fp16 loss scale after the iteration's steps; add the AMP counters to ``log_dict``."""
+        if stepped:
+            self.grad_scaler.update()
+        if self.grad_scaler.is_enabled():
+            self.log_dict['amp_scale'] = float(self.grad_scaler.get_scale())
+        if self.skipped_nonfinite:
+            self.log_dict['skipped_nonfinite'] = self.skipped_nonfinite
+
+    def pixel_losses(self, output: torch.Tensor, gt: torch.Tensor, prefix: str = 'l_') -> Tuple[torch.Tensor, dict]:
+        """Pixel and perceptual/style losses of ``output`` against ``gt``: (their sum, named terms)."""
         l_total = 0
         loss_dict = OrderedDict()
         if self.cri_pix:
-            l_pix = self.cri_pix(self.output, self.gt)
+            l_pix = self.cri_pix(output, gt)
             l_total += l_pix
-            loss_dict['l_pix'] = l_pix
+            loss_dict[prefix + 'pix'] = l_pix
         if self.cri_perceptual:
-            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            l_percep, l_style = self.cri_perceptual(output, gt)
             if l_percep is not None:
                 l_total += l_percep
-                loss_dict['l_percep'] = l_percep
+                loss_dict[prefix + 'percep'] = l_percep
             if l_style is not None:
                 l_total += l_style
-                loss_dict['l_style'] = l_style
-        l_total.backward()
-        self.optimizer_g.step()
+                loss_dict[prefix + 'style'] = l_style
+        return l_total, loss_dict
+
+    def optimize_parameters(self, current_iter: int) -> None:
+        self.optimizer_g.zero_grad()
+        with self.train_autocast():
+            self.output = self.amp_float(self.net_forward(self.net_g_train, self.train_input(self.lq)))
+            l_total, loss_dict = self.pixel_losses(self.output, self.gt)
+        stepped = self.backward_step(l_total, self.optimizer_g)
         self.log_dict = self.reduce_loss_dict(loss_dict)
         self.log_dict['scale_v'], self.log_dict['scale_h'] = self.scale
+        self.finish_steps(stepped)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 
     def test(self) -> None:
-        """``self.output`` from the EMA network if any, else net_g (eval mode, no grad, tiled per ``val.tile``)."""
+        """``self.output`` from the EMA network if any, else net_g (eval mode, no grad, tiled per ``val.tile``,
+        under autocast with ``val.amp``; the output is float32 then)."""
         net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
         was_training = net.training
         net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.device, self.val_amp_dtype):
             self.output = self.net_forward(net, self.lq, (self.opt.get('val') or {}).get('tile'))
+        if self.val_amp_dtype is not None:
+            self.output = self.output.float()
         net.train(was_training)
 
     # ------------------------------------------------------------------ validation
@@ -516,7 +605,22 @@ class MetaSRModel(SRModel):
             return
         state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers],
                  'schedulers': [s.state_dict() for s in self.schedulers]}
+        scaler = getattr(self, 'grad_scaler', None)
+        if scaler is not None and scaler.is_enabled():
+            state['grad_scaler'] = scaler.state_dict()  # fp16 loss scale and its growth tracker
         self._atomic_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    def resume_training(self, resume_state: Mapping) -> None:
+        """BasicSR's (optimizers, schedulers), plus the fp16 GradScaler's state when both sides use it."""
+        super().resume_training(resume_state)
+        scaler = getattr(self, 'grad_scaler', None)
+        if scaler is None or not scaler.is_enabled():
+            return
+        if resume_state.get('grad_scaler'):
+            scaler.load_state_dict(resume_state['grad_scaler'])
+        else:
+            get_root_logger().warning('train.amp is fp16 but the resumed training state has no GradScaler state '
+                                      f'(trained with another amp setting?): starting at scale {scaler.get_scale()}')
 
     def _atomic_save(self, obj, path: str, writer=atomic_torch_save, retries: int = 3) -> None:
         for attempt in range(retries):

@@ -1,5 +1,4 @@
 """Running a loaded network on one input: tiling, autocast, bicubic skip, channel adaptation."""
-from contextlib import nullcontext
 from typing import Optional, Tuple
 
 import torch
@@ -7,6 +6,7 @@ from torch import nn
 
 from metasr_arch.archs.meta_upsample_arch import MetaUpsample
 from metasr_arch.ops.geometry import resolve_scale
+from metasr_arch.utils.amp import autocast
 from metasr_arch.utils.memory import check_request
 from metasr_arch.utils.naming import Request
 from metasr_arch.utils.resize import imresize_to
@@ -14,29 +14,35 @@ from metasr_arch.utils.sample_io import Sample
 
 
 def run_network(net: nn.Module, x: torch.Tensor, scale=None, out_size=None, tile: Optional[int] = None,
-                tile_overlap: int = 0, fp16: bool = False) -> torch.Tensor:
-    """``net(x, scale | out_size)``, tiled when ``tile`` is given, under fp16 autocast when asked.
+                tile_overlap: int = 0, fp16: bool = False, bf16: bool = False) -> torch.Tensor:
+    """``net(x, scale | out_size)``, tiled when ``tile`` is given, under fp16 or bf16 autocast when asked.
+
+    Autocast runs on ``x``'s device type (CPU or CUDA); the Meta head keeps its weight prediction in
+    float32 (``MetaUpsample``).
 
     Args:
         x: (N, C, h, w) on the network's device.
-    Raises:
-        RequestTooLargeError (a ValueError) before running when the output cannot fit in memory.
     Returns:
         (N, C_out, H, W) float32, exactly the size ``resolve_scale`` gives.
+    Raises:
+        RequestTooLargeError (a ValueError) before running when the output cannot fit in memory;
+        ValueError: both ``fp16`` and ``bf16``; RuntimeError: torch cannot autocast to it on that device.
     """
+    if fp16 and bf16:
+        raise ValueError('give at most one of fp16 and bf16')
     spec = resolve_scale(x.shape[-2], x.shape[-1], scale, out_size)
     check_network_request(net, x, spec.out_h, spec.out_w)
-    autocast = torch.autocast('cuda', dtype=torch.float16) if fp16 else nullcontext()
+    dtype = torch.float16 if fp16 else torch.bfloat16 if bf16 else None
     # no_grad rather than inference_mode: the operator caches index tensors (geometry.axis_projection)
     # across calls, and a tensor created under inference_mode would break later training in the process.
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast(x, dtype):
         if tile:
             from metasr_arch.utils.tiling import tiled_forward
             y = tiled_forward(net, x, scale=scale, out_size=out_size, tile=tile, overlap=tile_overlap)
         else:
             y = net(x, scale=scale, out_size=out_size)
-        if getattr(net, 'metasr_bicubic_skip', False):
-            y = y + imresize_to(x, tuple(y.shape[-2:])).to(y.dtype)
+    if getattr(net, 'metasr_bicubic_skip', False):  # in float32: a bf16 image keeps only about 8 bits
+        y = y.float() + imresize_to(x.float(), tuple(y.shape[-2:]))
     if tuple(y.shape[-2:]) != (spec.out_h, spec.out_w):
         raise RuntimeError(f'{type(net).__name__} returned {tuple(y.shape[-2:])}, expected exactly '
                            f'{(spec.out_h, spec.out_w)} for r = ({spec.r_v:g}, {spec.r_h:g})')
@@ -56,8 +62,8 @@ def check_network_request(net: nn.Module, x: torch.Tensor, out_h: int, out_w: in
 
 
 def upscale_sample(net: nn.Module, sample: Sample, request: Request, net_channels: int, device: torch.device,
-                   tile: Optional[int] = None, tile_overlap: int = 0,
-                   fp16: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                   tile: Optional[int] = None, tile_overlap: int = 0, fp16: bool = False,
+                   bf16: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Upscale one sample for one request; returns (data (C, H, W), alpha (1, H, W) or None) on the CPU."""
     kind, value = request
     scale, out_size = (value, None) if kind == 'scale' else (None, value)
@@ -71,7 +77,7 @@ def upscale_sample(net: nn.Module, sample: Sample, request: Request, net_channel
         batch = data[:, None]
     else:
         raise ValueError(f'input has {c} channels but the network takes {net_channels}')
-    y = run_network(net, batch, scale, out_size, tile, tile_overlap, fp16)
+    y = run_network(net, batch, scale, out_size, tile, tile_overlap, fp16, bf16)
     if c == net_channels:
         out = y[0]
     elif c == 1:

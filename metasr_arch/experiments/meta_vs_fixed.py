@@ -181,16 +181,24 @@ def _milestones(preset: Preset, iters: int) -> List[int]:
     return sorted({max(1, int(round(f * iters))) for f in preset.milestones})
 
 
-def _dataset(preset: Preset, split: str, root: str) -> Dict:
-    source = preset.materialize[0 if split == 'train' else 1]
-    return {'type': 'MetaSRGTDataset', 'dataroot_gt': root, 'io_backend': {'type': 'disk'}, 'materialize': source}
+def _dataset(preset: Preset, split: str, root: Optional[str]) -> Dict:
+    """A MetaSRGTDataset on ``root`` (default: the preset's folder, absolute from the working directory).
+
+    The demo photos are written on first use (``materialize``) only into the preset's own folder, never
+    into a folder the user named.
+    """
+    default = preset.train_dir if split == 'train' else preset.val_dir
+    source = preset.materialize[0 if split == 'train' else 1] if root is None else None
+    return {'type': 'MetaSRGTDataset', 'dataroot_gt': os.path.abspath(root or default), 'io_backend': {'type': 'disk'},
+            'materialize': source}
 
 
-def train_options(preset: Preset, spec: ModelSpec, iters: int, train_dir: str) -> Dict:
+def train_options(preset: Preset, spec: ModelSpec, iters: int, train_dir: Optional[str] = None) -> Dict:
     """The BasicSR training options of ``spec`` (no validation: evaluation is a separate test run).
 
     Args:
-        train_dir: folder of GT training images (absolute, so the file works from any directory).
+        train_dir: folder of GT training images (default: the preset's); written absolute, so the
+            file works from any directory.
     """
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
         raise ValueError(f'--iters must be a positive integer, got {iters!r}')
@@ -234,7 +242,7 @@ def metrics_path(out_dir: str, spec: ModelSpec) -> str:
     return os.path.join(out_dir, 'results', spec.name + EVAL_SUFFIX, 'metrics.jsonl')
 
 
-def test_options(preset: Preset, spec: ModelSpec, out_dir: str, val_dir: str) -> Dict:
+def test_options(preset: Preset, spec: ModelSpec, out_dir: str, val_dir: Optional[str] = None) -> Dict:
     """The BasicSR test options evaluating ``spec``'s final checkpoint on ``val_dir`` at its scales."""
     ds = _dataset(preset, 'val', val_dir)
     ds['name'] = preset.val_name
@@ -268,14 +276,12 @@ def write_options(out_dir: str, preset: Preset, specs: Sequence[ModelSpec], iter
                   train_dir: Optional[str] = None, val_dir: Optional[str] = None) -> Dict[str, Tuple[str, str]]:
     """Write ``options/train_<model>.yml`` and ``options/test_<model>.yml`` under ``out_dir``.
 
-    Data folders default to the preset's, relative to the working directory, and are written absolute.
+    Data folders default to the preset's, relative to the working directory; all are written absolute.
 
     Returns:
         {model: (train options path, test options path)}.
     """
     out_dir = os.path.abspath(out_dir)
-    train_dir = os.path.abspath(train_dir or preset.train_dir)
-    val_dir = os.path.abspath(val_dir or preset.val_dir)
     folder = os.path.join(out_dir, 'options')
     os.makedirs(folder, exist_ok=True)
     paths = {}

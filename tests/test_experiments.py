@@ -96,6 +96,15 @@ def test_fixed_rdn_trains_with_metasr_model(tmp_path):
 
 
 # --------------------------------------------------------------------------- option generation
+def _load_script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('meta_vs_fixed_script', os.path.join(REPO, 'scripts', 'experiments',
+                                                                                       'meta_vs_fixed.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _all_options(preset_name, tmp_path, iters=None):
     preset = mvf.PRESETS[preset_name]
     specs = mvf.model_specs(preset)
@@ -142,15 +151,18 @@ def test_demo_models_share_everything_but_head_and_scales(tmp_path):
     assert meta_scales[:11] == [1.5 + 0.25 * i for i in range(11)] and [4.0, 1.5] in meta_scales
 
 
-def test_div2k_preset_is_the_paper_configuration(tmp_path):
+def test_div2k_preset_is_the_paper_configuration(tmp_path, capsys):
     """--preset div2k --dry-run: full MetaRDN on DIV2K, LR 50, batch 16, scales 1.1..4.0 step 0.1, Adam 1e-4
     halved every 10k of 50k iterations; every file passes the model's option checks and builds."""
     out = tmp_path / 'div2k'
-    run = subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'experiments', 'meta_vs_fixed.py'),
-                          '--preset', 'div2k', '--out', str(out), '--dry-run'], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
-    assert run.returncode == 0, run.stderr
-    assert 'metasr_arch.train -opt' in run.stdout and not (out / 'experiments').exists()  # nothing trained
+    script = _load_script()
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # the preset's data folders are relative to the working directory
+    try:
+        assert script.main(['--preset', 'div2k', '--out', str(out), '--dry-run']) == 0
+    finally:
+        os.chdir(cwd)
+    assert 'metasr_arch.train -opt' in capsys.readouterr().out and not (out / 'experiments').exists()  # nothing ran
     files = sorted(p.name for p in (out / 'options').iterdir())
     assert files == sorted([f'{k}_{m}.yml' for k in ('train', 'test') for m in mvf.MODEL_NAMES])
     for name in mvf.MODEL_NAMES:
@@ -167,7 +179,8 @@ def test_div2k_preset_is_the_paper_configuration(tmp_path):
         if net['type'] == 'MetaRDN':
             assert net['hidden_channels'] == 256 and net['kernel_size'] == 3
         ds = train['datasets']['train']
-        assert ds['dataroot_gt'] == str(tmp_path / 'datasets' / 'DIV2K' / 'DIV2K_train_HR') and ds['materialize'] is None
+        assert ds['dataroot_gt'] == str(tmp_path / 'datasets' / 'DIV2K' / 'DIV2K_train_HR')
+        assert ds['materialize'] is None
         assert (ds['gt_size'], ds['batch_size_per_gpu']) == (200, 16)
         t = train['train']
         assert (t['lr_patch_size'], t['optim_g']['lr'], t['total_iter']) == (50, 1e-4, 50000)

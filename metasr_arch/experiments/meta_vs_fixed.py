@@ -26,10 +26,12 @@ import sys
 import time
 from copy import deepcopy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from metasr_arch.utils.sample_io import atomic_write_bytes
 from metasr_arch.utils.scale_sampler import parse_scale_list
 
 Scale = Tuple[float, float]
@@ -226,7 +228,8 @@ def train_options(preset: Preset, spec: ModelSpec, iters: int, train_dir: Option
             'warmup_iter': -1,
             'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
         },
-        'logger': {'print_freq': min(preset.print_freq, iters), 'save_checkpoint_freq': min(preset.checkpoint_freq, iters),
+        'logger': {'print_freq': min(preset.print_freq, iters),
+                   'save_checkpoint_freq': min(preset.checkpoint_freq, iters),
                    'use_tb_logger': False, 'wandb': {'project': None, 'resume_id': None}},
         'dist_params': {'backend': 'nccl', 'port': 29500},
     }
@@ -266,10 +269,7 @@ def test_options(preset: Preset, spec: ModelSpec, out_dir: str, val_dir: Optiona
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_bytes(Path(path), text.encode('utf-8'))
 
 
 def write_options(out_dir: str, preset: Preset, specs: Sequence[ModelSpec], iters: int,

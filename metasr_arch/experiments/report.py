@@ -8,9 +8,13 @@ Records (``results.json``): one per (model, scale) with ``model``, ``kind`` ('me
 'bicubic'), ``dataset``, ``scale`` [r_v, r_h], ``psnr``, ``ssim``; the bicubic baseline is the
 model-independent ``*_bicubic`` value (every model sees the same LR), one record per evaluated scale.
 """
+import io
 import json
 import os
+from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from metasr_arch.utils.sample_io import atomic_write_bytes
 
 Scale = Tuple[float, float]
 BICUBIC = 'bicubic'
@@ -95,7 +99,8 @@ def metric_table(records: Sequence[dict], models: Sequence[str], metric: str = '
 def comparison_table(records: Sequence[dict], pairs: Sequence[Tuple[str, str]], metric: str = 'psnr') -> str:
     """Markdown table of ``a - b`` per shared scale for each (a, b) in ``pairs`` (e.g. meta vs fixed_x2)."""
     values = _index(records, metric)
-    rows = [f'| model | against | scale | {metric} model | {metric} against | difference |', '|---|---|---|---:|---:|---:|']
+    rows = [f'| model | against | scale | {metric} model | {metric} against | difference |',
+            '|---|---|---|---:|---:|---:|']
     for a, b in pairs:
         shared = sorted({s for (m, s) in values if m == a} & {s for (m, s) in values if m == b}, key=sort_key)
         for s in shared:
@@ -153,10 +158,7 @@ def psnr_figure(records: Sequence[dict], models: Sequence[str], kinds: Mapping[s
 
 
 def _atomic_write(path: str, text: str) -> None:
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_bytes(Path(path), text.encode('utf-8'))
 
 
 def write_report(out_dir: str, specs: Sequence, metrics_files: Mapping[str, str], settings: Mapping,
@@ -195,9 +197,9 @@ def write_report(out_dir: str, specs: Sequence, metrics_files: Mapping[str, str]
               comparison_table(records, default_pairs(models, kinds), 'psnr')]
     _atomic_write(paths['markdown'], '\n'.join(lines))
     fig = psnr_figure(records, models, kinds, title=str(settings.get('title', '')))
-    tmp = os.path.join(out_dir, f'.psnr_vs_scale.{os.getpid()}.png')
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, paths['figure'])
+    png = io.BytesIO()
+    fig.savefig(png, format='png', dpi=110)
+    atomic_write_bytes(Path(paths['figure']), png.getvalue())
     import matplotlib.pyplot as plt
     plt.close(fig)
     return paths

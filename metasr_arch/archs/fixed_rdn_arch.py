@@ -32,6 +32,9 @@ class PixelShuffleHead(nn.Module):
 
     def __init__(self, num_feat: int, num_out_ch: int, scale: int):
         super().__init__()
+        # read by MetaSRNet's memory check before the trunk runs: its lower bound (the output twice plus
+        # (C_in * k * k, h, w) unfolded features) holds for this head's 3x3 convs too
+        self.in_channels, self.kernel_size = num_feat, 3
         self.upsample = Upsample(scale, num_feat)
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
 

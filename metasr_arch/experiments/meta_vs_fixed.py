@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from metasr_arch.utils.sample_io import atomic_write_bytes
+from metasr_arch.utils.atomic import atomic_write_bytes
 from metasr_arch.utils.scale_sampler import parse_scale_list
 
 Scale = Tuple[float, float]

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from metasr_arch.utils.sample_io import atomic_write_bytes
+from metasr_arch.utils.atomic import atomic_write_bytes
 
 Scale = Tuple[float, float]
 BICUBIC = 'bicubic'

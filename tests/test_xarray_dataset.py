@@ -177,3 +177,32 @@ def test_model_validates_in_physical_units_and_checkpoints_normalization(ncep, t
     assert ckpt['normalization'] == val.normalization
     from_ckpt = MetaSRXarrayDataset({**val_ds, 'normalization': {'checkpoint': str(exp / 'models' / 'net_g_2.pth')}})
     assert from_ckpt.normalization == val.normalization
+
+
+def test_infer_cli_writes_netcdf_with_output_grid(ncep, tmp_path):
+    from metasr_arch.infer import main
+    from metasr_arch.archs.metardn_arch import MetaRDN
+    net_opt = {'type': 'MetaRDN', 'num_in_ch': 2, 'num_out_ch': 2, 'num_feat': 8, 'num_block': 1, 'num_layer': 2,
+               'num_grow_ch': 4, 'hidden_channels': 8, 'img_range': 1.0, 'mean': 0.0, 'periodic_w': True}
+    torch.manual_seed(0)
+    net = MetaRDN(**{k: v for k, v in net_opt.items() if k != 'type'}).eval()
+    norm = {'type': 'mean_std', 'variables': VARS, 'mean': [10.0, 0.0], 'std': [12.0, 3.0]}
+    ckpt = tmp_path / 'net.pth'
+    torch.save({'params': net.state_dict(), 'network_opt': net_opt, 'normalization': norm}, ckpt)
+    rc = main([ncep, '--ckpt', str(ckpt), '--size', '145x288', '--time', '1970-11', '-o', str(tmp_path / 'out'),
+               '--quiet', '--device', 'cpu'])
+    assert rc == 0
+    out = xr.open_dataset(tmp_path / 'out' / 'wind_145x288.nc')
+    assert out['uwnd'].shape == (1, 145, 288) and str(out['time'].values[0])[:10] == '1970-11-01'
+    np.testing.assert_allclose(out['latitude'].values, np.linspace(90, -90, 145), atol=1e-5)
+    np.testing.assert_allclose(out['longitude'].values, np.arange(288) * 1.25, atol=1e-5)
+    raw = xr.open_dataset(ncep)
+    assert out['uwnd'].attrs['units'] == 'm/s' and out['latitude'].attrs['units'] == raw['latitude'].attrs['units']
+    x = np.stack([(raw['uwnd'].values[10] - 10) / 12, raw['vwnd'].values[10] / 3])
+    with torch.no_grad():
+        y = net(torch.from_numpy(x.astype(np.float32))[None], out_size=(145, 288))[0].numpy()
+    np.testing.assert_allclose(out['vwnd'].values[0], y[1] * 3, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out['uwnd'].values[0], y[0] * 12 + 10, rtol=1e-4, atol=1e-4)
+    # wrong variables are refused with the trained ones named
+    assert main([ncep, '--ckpt', str(ckpt), '--size', '145x288', '--var', 'vwnd', 'uwnd', '-o',
+                 str(tmp_path / 'o2'), '--quiet', '--device', 'cpu']) == 1

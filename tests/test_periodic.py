@@ -101,3 +101,13 @@ def test_swin_periodic_needs_width_multiple_of_window():
 def test_periodic_w_must_be_bool():
     with pytest.raises(ValueError, match='periodic_w'):
         MetaUpsample(4, 2, periodic_w='yes')
+
+
+def test_tiled_periodic_network_tiles_rows_only():
+    from metasr_arch.utils.tiling import tiled_forward
+    periodic, _ = twins('rdn')
+    x = field(16, 12)
+    with torch.no_grad():
+        whole = periodic(x, scale=(2.5, 2.5))
+        tiled = tiled_forward(periodic, x, scale=(2.5, 2.5), tile=(6, 4), overlap=8)
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-10)

@@ -17,6 +17,8 @@ Needs the ``geo`` extra (``pip install -e .[geo]``: xarray, netCDF4, zarr). Opti
     dataroot_lq: null                    # optional coarse data on its own grid (paired; same variables/times)
     out_size: null                       # [H, W]: the GT grid must have this size (checked)
     gt_size: null                        # train: random crop (int or [h, w]); null: whole fields
+    use_hflip: false                     # train, GT-only: mirror east-west / north-south at random
+    use_vflip: false                     # (augmentation for statistics that do not depend on direction)
 
 Items: {'gt': (C, H, W) float32 normalised, 'gt_path': '<file stem>_<time>'}; paired also
 {'lq': (C, h, w), 'lq_path', 'out_size': (H, W)}. GT-only items get their LR from MetaSRModel
@@ -31,6 +33,7 @@ data, given values, or ``checkpoint``): statistics of the validation steps thems
 network differently scaled inputs.
 """
 import json
+import random
 from functools import lru_cache
 from typing import Dict, Tuple
 
@@ -112,9 +115,7 @@ def resolve_normalization(opt: dict, is_train: bool) -> Dict:
                          'normalization.time_slice to the training time_slice, give mean/std (min/max), or '
                          'checkpoint: <trained net_g .pth>')
     stats = _statistics(_source_key(opt, norm.get('time_slice', opt.get('time_slice'))), kind)
-    scale = np.asarray(stats['std' if kind == 'mean_std' else 'max']) - (
-        0 if kind == 'mean_std' else np.asarray(stats['min']))
-    if (scale <= 0).any():
+    if (normalization_affine(stats)[1] <= 0).any():
         raise ValueError(f'datasets.{name}: a variable of {variables} is constant over the statistics slice '
                          f'({stats}); normalise with given values')
     return stats
@@ -168,8 +169,8 @@ class MetaSRXarrayDataset(data.Dataset):
         if len(gt) != len(lq):
             raise ValueError(f'datasets.{name}: dataroot_lq has {len(lq)} time steps in time_slice, dataroot_gt '
                              f'{len(gt)}')
-        for i in (0, len(gt) - 1):
-            if gt.time_value(i) is not None and gt.time_value(i) != lq.time_value(i):
+        for i in range(len(gt)):
+            if gt.time_value(i) != lq.time_value(i):
                 raise ValueError(f'datasets.{name}: time step {i} is {gt.time_label(i)} in dataroot_gt but '
                                  f'{lq.time_label(i)} in dataroot_lq')
         h, w, big_h, big_w = lq.lat.size, lq.lon.size, gt.lat.size, gt.lon.size
@@ -202,6 +203,11 @@ class MetaSRXarrayDataset(data.Dataset):
         if self.gt_size is not None:
             gt = random_crop(gt.transpose(1, 2, 0), self.gt_size, item['gt_path'],
                              f'datasets.{self.opt.get("name")}.gt_size').transpose(2, 0, 1)
+        if self.is_train and self.lq is None:
+            if self.opt.get('use_hflip', False) and random.random() < 0.5:
+                gt = gt[:, :, ::-1]
+            if self.opt.get('use_vflip', False) and random.random() < 0.5:
+                gt = gt[:, ::-1]
         if self.lq is not None:
             item.update(lq=to_tensor(self.normalize(self.lq.field(index))), lq_path=item['gt_path'],
                         out_size=tuple(gt.shape[-2:]))

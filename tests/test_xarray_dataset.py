@@ -225,7 +225,7 @@ def test_gridded_option_files_are_valid(name, ncep, tmp_path):
         METRIC_REGISTRY.get(metric['type'])
     spec = resolve_scale(*opt['val']['lr_size'], out_size=opt['train']['out_size'])
     if name == 'demo_grid.yml':  # the demo's datasets build on the real data, r_v is not an integer
-        assert spec.r_v == pytest.approx(73 / 37) and spec.r_v != int(spec.r_v)
+        assert spec.r_v == pytest.approx(73 / 19) and spec.r_v != int(spec.r_v)
         for phase, ds_opt in opt['datasets'].items():
             ds = MetaSRXarrayDataset({**ds_opt, 'phase': phase, 'dataroot_gt': ncep})
             assert len(ds) == {'train': 10, 'val': 2}[phase] and ds[0]['gt'].shape == (2, *opt['train']['out_size'])

@@ -111,3 +111,30 @@ def test_tiled_periodic_network_tiles_rows_only():
         whole = periodic(x, scale=(2.5, 2.5))
         tiled = tiled_forward(periodic, x, scale=(2.5, 2.5), tile=(6, 4), overlap=8)
     torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('size', [(9, 20), (3, 4), (7, 25)])  # up (r_h 2.5), down (antialiased), mixed
+def test_periodic_bicubic_wraps_columns(size):
+    from metasr_arch.archs.periodic import imresize_periodic_w
+    from metasr_arch.utils.resize import imresize_to
+    x = field(6, 8)
+    out = imresize_periodic_w(x, size)
+    assert out.shape[-2:] == size
+    # the tiled input's middle copy is the reference: it has the true neighbours across both edges
+    # (BasicSR computes the kernel positions in float32: 1e-5 covers their rounding at other offsets)
+    big = imresize_to(torch.cat([x] * 5, dim=-1), (size[0], 5 * size[1]))
+    torch.testing.assert_close(out, big[..., 2 * size[1]:3 * size[1]], rtol=0, atol=1e-5)
+    if size == (9, 20):  # rolling by 2 LR columns rolls the output by 5
+        torch.testing.assert_close(imresize_periodic_w(torch.roll(x, 2, dims=3), size), torch.roll(out, 5, dims=3),
+                                   rtol=0, atol=1e-5)
+    assert (out[..., 0] - imresize_to(x, size)[..., 0]).abs().max() > 1e-4  # MATLAB's mirrors the edge
+
+
+def test_bicubic_skip_is_periodic_in_inference():
+    from metasr_arch.utils.inference import run_network
+    periodic, _ = twins('rdn')
+    periodic.metasr_bicubic_skip = True
+    x = field(6, 8)
+    out = run_network(periodic.float(), x.float(), scale=(2, 2.5))
+    rolled = run_network(periodic, torch.roll(x, 2, dims=3).float(), scale=(2, 2.5))
+    torch.testing.assert_close(rolled, torch.roll(out, 5, dims=3), rtol=0, atol=1e-5)

@@ -12,7 +12,7 @@ from metasr_arch.metrics import latitude_weights, weighted_errors
 
 
 def reference(a: np.ndarray, b: np.ndarray, lats_deg) -> dict:
-    """Written out with loops: sum_i cos(lat_i) * e_i / sum_i cos(lat_i), per channel (= mean with weights of mean 1)."""
+    """Written out with loops: sum_i cos(lat_i) e_i / sum_i cos(lat_i) per channel (= mean with weights of mean 1)."""
     h, w, c = a.shape
     out = {'rmse': [], 'mae': [], 'bias': []}
     for ch in range(c):

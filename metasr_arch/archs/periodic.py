@@ -5,14 +5,17 @@ Zero padding puts a wall at the dateline, and the output shows a seam there. Wit
 trunk convolution reads the other edge instead (``PeriodicWConv2d``), the Meta head reads its k x k
 neighbourhood around the wrap (``MetaUpsample(..., periodic_w=True)``), and SwinIRMeta's shifted windows
 join the two edges (``periodic_shift_mask``). Rows (latitude) keep zero padding: the poles are edges.
+The bicubic resizes around such a network (LR synthesis, the bicubic skip, the bicubic baseline) wrap
+as well (``imresize_periodic_w``, chosen by ``bicubic_for(net)``).
 """
-from typing import Tuple
+from typing import Callable, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from metasr_arch.ops.geometry import AxisProjection
+from metasr_arch.utils.resize import imresize_to
 
 
 class PeriodicWConv2d(nn.Conv2d):
@@ -117,3 +120,30 @@ def make_swin_blocks_periodic_w(module: nn.Module) -> int:
             block.input_resolution = None
             count += 1
     return count
+
+
+def imresize_periodic_w(x: torch.Tensor, out_size: Tuple[int, int], antialias: bool = True) -> torch.Tensor:
+    """``imresize_to`` (MATLAB bicubic) with columns that wrap around instead of mirroring at the edges.
+
+    The input is tiled three times along W and resized at the same scale; the middle third is the
+    periodic result (exact while the kernel, 4 / min(1, r_h) input columns, is narrower than the input).
+
+    Shapes:
+        (..., h, w) -> (..., H, W) with (H, W) = out_size.
+    """
+    out_h, out_w = int(out_size[0]), int(out_size[1])
+    h, w = x.shape[-2:]
+    tiled = torch.cat([x, x, x], dim=-1)
+    y = imresize_to(tiled, (out_h, 3 * out_w), antialias, scale=(out_h / h, out_w / w))
+    return y[..., out_w:2 * out_w]
+
+
+def is_periodic_w(net: nn.Module) -> bool:
+    """True for a Meta-SR network (or its DDP wrapper) built with ``periodic_w``."""
+    bare = getattr(net, 'module', net)
+    return bool(getattr(getattr(bare, 'upsample', None), 'periodic_w', False))
+
+
+def bicubic_for(net: nn.Module) -> Callable[..., torch.Tensor]:
+    """The bicubic resize that matches ``net``'s geometry: periodic along W or MATLAB's ``imresize_to``."""
+    return imresize_periodic_w if is_periodic_w(net) else imresize_to

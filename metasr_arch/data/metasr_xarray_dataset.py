@@ -35,7 +35,7 @@ network differently scaled inputs.
 import json
 import random
 from functools import lru_cache
-from typing import Dict, Tuple
+from typing import Dict
 
 import numpy as np
 import torch

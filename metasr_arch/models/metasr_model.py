@@ -35,10 +35,10 @@ from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
+from metasr_arch.archs.periodic import bicubic_for
 from metasr_arch.ops.geometry import parse_scale, resolve_scale
 from metasr_arch.utils.registry import register
 from metasr_arch.utils.naming import scale_tag
-from metasr_arch.utils.resize import imresize_to
 from metasr_arch.utils.scale_sampler import build_scale_sampler, parse_scale_list
 from metasr_arch.utils.tiling import tiled_forward
 
@@ -227,7 +227,7 @@ class MetaSRModel(SRModel):
             raise ValueError(f'GT of {gt.shape[-2]}x{gt.shape[-1]} is smaller than the {H}x{W} output of a '
                              f'{h}x{w} LR at scale {scale}: raise the dataset gt_size')
         gt = gt[..., :H, :W]
-        lq = imresize_to(gt, (h, w))
+        lq = bicubic_for(self.net_g)(gt, (h, w))  # wraps along W for periodic_w networks
         return self.quantize_lq(lq, phase), gt
 
     def quantize_lq(self, lq: torch.Tensor, phase: str = 'train') -> torch.Tensor:
@@ -281,7 +281,7 @@ class MetaSRModel(SRModel):
             out = net(lq, **request)
         if self.opt.get('bicubic_skip', False):
             # global skip: the network predicts the residual over MATLAB bicubic (off by default)
-            out = out + imresize_to(lq, tuple(out.shape[-2:])).to(out.dtype)
+            out = out + bicubic_for(net)(lq, tuple(out.shape[-2:])).to(out.dtype)
         return out
 
     def optimize_parameters(self, current_iter: int) -> None:
@@ -417,7 +417,7 @@ class MetaSRModel(SRModel):
                 self.feed_data(pair)
                 self.test()
                 scale = self.scale
-                bicubic = imresize_to(self.lq.float(), tuple(self.gt.shape[-2:]))
+                bicubic = bicubic_for(self.net_g)(self.lq.float(), tuple(self.gt.shape[-2:]))
                 sr_img = self._to_metric_image(self.output, float_data)
                 gt_img = self._to_metric_image(self.gt, float_data)
                 bic_img = self._to_metric_image(bicubic, float_data)

@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from metasr_arch.archs.periodic import bicubic_for
 from metasr_arch.ops.geometry import resolve_scale
 from metasr_arch.utils.naming import Request
 from metasr_arch.utils.resize import imresize_to
@@ -31,7 +32,7 @@ def run_network(net: nn.Module, x: torch.Tensor, scale=None, out_size=None, tile
         else:
             y = net(x, scale=scale, out_size=out_size)
         if getattr(net, 'metasr_bicubic_skip', False):
-            y = y + imresize_to(x, tuple(y.shape[-2:])).to(y.dtype)
+            y = y + bicubic_for(net)(x, tuple(y.shape[-2:])).to(y.dtype)
     if tuple(y.shape[-2:]) != (spec.out_h, spec.out_w):
         raise RuntimeError(f'{type(net).__name__} returned {tuple(y.shape[-2:])}, expected exactly '
                            f'{(spec.out_h, spec.out_w)} for r = ({spec.r_v:g}, {spec.r_h:g})')

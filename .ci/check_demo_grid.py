@@ -3,18 +3,15 @@
 Reads experiments/demo_grid/metrics.jsonl and fails if the model's latitude-weighted RMSE (m/s) at
 the last validated iteration is not below the bicubic baseline's at every scale.
 """
-import json
 import sys
-from pathlib import Path
+
+from check_demo import final_records  # .ci/ is the script's folder, first on sys.path
 
 
 def main(path: str = 'experiments/demo_grid/metrics.jsonl', metric: str = 'wrmse') -> int:
-    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    if not records:
-        print(f'{path}: no validation records', file=sys.stderr)
+    last, final = final_records(path)
+    if not final:
         return 1
-    last = max(r['iter'] for r in records)
-    final = [r for r in records if r['iter'] == last]
     for r in final:
         print(f"iter {last} {r['dataset']} x{r['scale'][0]:.4g} x {r['scale'][1]:.4g}: {metric} model "
               f"{r[metric]:.4f}, bicubic {r[metric + '_bicubic']:.4f}")

@@ -92,3 +92,20 @@ def test_bad_arguments_are_named():
         weighted_errors(pred, truth, crop_border=10)
     with pytest.raises(ValueError, match='pole'):
         latitude_weights(3, 90, 90)
+
+
+def test_ci_check_of_the_gridded_demo(tmp_path):
+    """.ci/check_demo_grid.py passes only when the last validation's weighted RMSE is below bicubic's."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / '.ci' / 'check_demo_grid.py'
+    runs = {'better': (0.3, 0.7, 0), 'worse': (0.8, 0.7, 1)}
+    for name, (model, bicubic, rc) in runs.items():
+        path = tmp_path / f'{name}.jsonl'
+        path.write_text('\n'.join(json.dumps(r) for r in [
+            {'iter': 1, 'dataset': 'v', 'scale': [3.8, 4.0], 'wrmse': 9.0, 'wrmse_bicubic': 0.7},
+            {'iter': 2, 'dataset': 'v', 'scale': [3.8, 4.0], 'wrmse': model, 'wrmse_bicubic': bicubic}]))
+        run = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True)
+        assert run.returncode == rc, run.stderr

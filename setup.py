@@ -27,9 +27,11 @@ setup(
         'matplotlib',
         'safetensors',  # small, no dependencies; checkpoint loading (inference, training) reads .safetensors
     ],
+    # deploy: export to ONNX (onnxscript: torch's dynamo ONNX exporter) and the ONNX Runtime check;
+    # geo: NetCDF/Zarr gridded data (docs/gridded.md); the image path never imports either
     extras_require={'test': ['pytest', 'pytest-timeout'],
-                    # export to ONNX (onnxscript: torch's dynamo ONNX exporter) and the ONNX Runtime check
-                    'deploy': ['onnx', 'onnxruntime', 'onnxscript']},
+                    'deploy': ['onnx', 'onnxruntime', 'onnxscript'],
+                    'geo': ['xarray', 'netCDF4', 'zarr']},
     entry_points={'console_scripts': [
         'metasr-train=metasr_arch.train:main',
         'metasr-test=metasr_arch.test:main',

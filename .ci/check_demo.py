@@ -9,13 +9,20 @@ import sys
 from pathlib import Path
 
 
-def main(path: str = 'experiments/demo_MetaRDN/metrics.jsonl') -> int:
+def final_records(path: str):
+    """(last validated iteration, its records) of a metrics.jsonl; (None, []) when it has none."""
     records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     if not records:
         print(f'{path}: no validation records', file=sys.stderr)
-        return 1
+        return None, []
     last = max(r['iter'] for r in records)
-    final = [r for r in records if r['iter'] == last]
+    return last, [r for r in records if r['iter'] == last]
+
+
+def main(path: str = 'experiments/demo_MetaRDN/metrics.jsonl') -> int:
+    last, final = final_records(path)
+    if not final:
+        return 1
     worse = [r['scale'] for r in final if not r['psnr'] > r['psnr_bicubic']]
     for r in final:
         print(f"iter {last} {r['dataset']} x{r['scale'][0]:g} x {r['scale'][1]:g}: model {r['psnr']:.2f} dB, "

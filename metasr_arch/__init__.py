@@ -4,7 +4,7 @@
 registries. It is safe to import more than once and from spawned workers.
 """
 from . import _compat  # noqa: F401  (must precede the first basicsr import)
-from . import archs, data, losses, models, ops  # noqa: F401,E402
+from . import archs, data, losses, metrics, models, ops  # noqa: F401,E402
 from .archs import MetaUpsample, Pos2Weight  # noqa: F401,E402
 from .ops import available_impls, meta_upscale  # noqa: F401,E402
 

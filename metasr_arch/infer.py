@@ -27,6 +27,10 @@ Data conventions (why they are so):
 * ``.npy`` arrays are (H, W) or channels-first (C, H, W), taken as float32 values without any
   scaling or clipping (gridded fields are normalised by the user as in training), written as
   float32 ``.npy`` with the input's layout.
+* NetCDF files and Zarr stores (``.nc``, ``.zarr``; the ``geo`` extra): ``--var`` variables (default:
+  the checkpoint's) at ``--time`` steps (default: all), normalised with the checkpoint's statistics,
+  written as ``<stem>_<tag>.nc`` in physical units with the output grid's coordinates
+  (``metasr_arch.utils.gridded_io``, docs/gridded.md).
 """
 import argparse
 import sys
@@ -40,6 +44,7 @@ import torch
 from metasr_arch.archs.meta_upsample_arch import MODULE_IMPLS
 from metasr_arch.utils.amp import autocast_supported
 from metasr_arch.utils.checkpoint import load_network, network_channels, set_impl
+from metasr_arch.utils.gridded_io import is_gridded_path, parse_time_arg, upscale_gridded
 from metasr_arch.utils.inference import upscale_sample
 from metasr_arch.utils.naming import Request, parse_scale_text, parse_size_text, request_tag
 from metasr_arch.ops.geometry import resolve_scale
@@ -73,15 +78,15 @@ def collect_inputs(paths: Sequence[str], tags: Sequence[str] = ()) -> Tuple[List
     files, failures, skipped = [], [], []
     for p in paths:
         path = Path(p)
-        if path.is_dir():
-            found = sorted(f for f in path.iterdir()
-                           if f.is_file() and f.suffix.lower() in IMAGE_EXTS + ARRAY_EXTS)
+        if path.is_dir() and not is_gridded_path(p):  # a .zarr store is a folder but one input
+            found = sorted(f for f in path.iterdir() if is_gridded_path(str(f))
+                           or f.is_file() and f.suffix.lower() in IMAGE_EXTS + ARRAY_EXTS)
             if not found:
                 failures.append((str(path), 'folder has no image or .npy files'))
             stems = {f.stem for f in found}
             for f in found:
                 (skipped if _earlier_output(f, stems, tags) else files).append(f)
-        elif path.is_file():
+        elif path.is_file() or is_gridded_path(p) and path.is_dir():
             files.append(path)
         else:
             failures.append((str(path), 'no such file or folder'))
@@ -106,7 +111,8 @@ def plan_outputs(files: Sequence[Path], requests: Sequence[Request], out_dir: Pa
     for path in files:
         for request in requests:
             tag = request_tag(request)
-            out = out_dir / f'{path.stem}_{tag}{output_suffix(path)}'
+            suffix = '.nc' if is_gridded_path(str(path)) else output_suffix(path)
+            out = out_dir / f'{path.stem}_{tag}{suffix}'
             key, where = out.resolve(), f'{path} [{tag}]'
             if key in inputs:
                 failures.append((where, f'output {out} is an input of this run; it is never overwritten '
@@ -160,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='refuse outputs of more than N pixels (H*W) per image; independently, requests that '
                         'cannot fit in memory are refused (limit: METASR_MEMORY_LIMIT, default physical memory)')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p.add_argument('--var', nargs='+', default=None, help='NetCDF/Zarr inputs: variables (default: the checkpoint\'s)')
+    p.add_argument('--time', nargs='+', default=None, metavar='T',
+                   help='NetCDF/Zarr inputs: a time label (1970-11) or position, or START STOP (default: all)')
     return p
 
 
@@ -226,6 +235,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     written = 0
     bar = tqdm(total=sum(len(j) for j in jobs.values()), unit='img', disable=args.quiet, desc='upscaling')
     for path, path_jobs in jobs.items():
+        if is_gridded_path(str(path)):
+            for request, tag, out in path_jobs:
+                try:
+                    upscale_gridded(net, str(path), request, device, str(out), args.var, parse_time_arg(args.time),
+                                    args.tile, args.tile_overlap, args.fp16)
+                    written += 1
+                except (ValueError, RuntimeError, KeyError, OSError, ImportError) as err:
+                    failures.append((f'{path} [{tag}]', f'{type(err).__name__}: {err}'))
+                bar.update(1)
+            continue
         try:
             sample = read_sample(path)
         except ValueError as err:

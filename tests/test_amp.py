@@ -6,7 +6,6 @@ import metasr_arch  # noqa: F401  (before basicsr)
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from metasr_arch.archs.meta_upsample_arch import MetaUpsample
 from metasr_arch.models.metasr_gan_model import MetaSRGANModel

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from metasr_arch.archs.periodic import pad_projection_w
 from metasr_arch.ops.geometry import (AxisProjection, ScaleArg, ScaleSpec, SizeArg, axis_projection, position_encoding,
                                       resolve_scale)
 from metasr_arch.ops.factorized import factorized_meta_upscale
@@ -86,17 +87,22 @@ class MetaUpsample(nn.Module):
             'factorized' when phases do not repeat), 'factorized' (through the MLP's last layer),
             'gather' (per-pixel weights, chunked custom backward), 'im2col' (paper-faithful reference)
             or 'cuda' (native op). Settable after construction.
+        periodic_w: the input wraps around along W (longitude of a global grid): the k x k window of
+            the first and last columns reads the other edge instead of zeros. Default False (images).
 
     Shapes:
         forward(x (N, C_in, h, w), scale=(r_v, r_h) or out_size=(H, W)) -> (N, C_out, H, W).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, hidden_channels: int = 256,
-                 impl: str = 'auto'):
+                 impl: str = 'auto', periodic_w: bool = False):
         super().__init__()
         self.pos2weight = Pos2Weight(in_channels, out_channels, kernel_size, hidden_channels)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.impl = impl
+        if not isinstance(periodic_w, bool):
+            raise ValueError(f'periodic_w must be true or false, got {periodic_w!r}')
+        self.periodic_w = periodic_w
 
     @property
     def impl(self) -> str:
@@ -110,7 +116,7 @@ class MetaUpsample(nn.Module):
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels}, out_channels={self.out_channels}, ' \
-               f'kernel_size={self.kernel_size}, impl={self.impl!r}'
+               f'kernel_size={self.kernel_size}, impl={self.impl!r}' + (', periodic_w=True' if self.periodic_w else '')
 
     def forward(self, x: torch.Tensor, scale: ScaleArg = None, out_size: SizeArg = None) -> torch.Tensor:
         check_input(x, self.kernel_size)
@@ -125,6 +131,8 @@ class MetaUpsample(nn.Module):
             return x.new_zeros(0, self.out_channels, spec.out_h, spec.out_w) + (x.sum() + none.sum().to(x.dtype))
         rows = axis_projection(x.shape[2], spec.out_h, spec.r_v, x.device)
         cols = axis_projection(x.shape[3], spec.out_w, spec.r_h, x.device)
+        if self.periodic_w:  # every implementation reads x only through rows/cols, so this covers them all
+            x, cols = pad_projection_w(x, cols, k // 2)
         dtype = self.pos2weight.meta_block[0].weight.dtype  # the MLP runs in its own dtype
         if impl in ('im2col', 'gather'):
             with _float32_region(x):

@@ -7,6 +7,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from metasr_arch.archs.meta_upsample_arch import MetaUpsample
+from metasr_arch.archs.periodic import make_convs_periodic_w
 from metasr_arch.archs.metasr_base import (DEFAULT_RGB_MEAN, MeanArg, MetaSRNet, ScaleRangeArg, check_head_options,
                                            check_positive_int)
 from metasr_arch.utils.registry import register
@@ -61,6 +62,8 @@ class MetaRDN(MetaSRNet):
         impl: the head's implementation (see ``MetaUpsample``).
         scale_range: training scales, ``[lo, hi]`` or ``[[lo_v, hi_v], [lo_h, hi_h]]``; a request
             outside warns once. None: no check.
+        periodic_w: columns wrap around (longitude of a global grid): every 3x3 conv and the head read
+            the other edge instead of zeros along W; rows keep zero padding. Default False (images).
 
     Shapes:
         forward(x (N, num_in_ch, h, w), scale=(r_v, r_h) or out_size=(H, W)) -> (N, num_out_ch, H, W).
@@ -69,7 +72,7 @@ class MetaRDN(MetaSRNet):
     def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_block: int = 16,
                  num_layer: int = 8, num_grow_ch: int = 64, kernel_size: int = 3, hidden_channels: int = 256,
                  img_range: float = 255., rgb_mean: Sequence[float] = DEFAULT_RGB_MEAN, impl: str = 'auto',
-                 mean: MeanArg = 0.5, scale_range: ScaleRangeArg = None):
+                 mean: MeanArg = 0.5, scale_range: ScaleRangeArg = None, periodic_w: bool = False):
         super().__init__()
         for name, value in (('num_feat', num_feat), ('num_block', num_block), ('num_layer', num_layer),
                             ('num_grow_ch', num_grow_ch), ('hidden_channels', hidden_channels)):
@@ -82,7 +85,9 @@ class MetaRDN(MetaSRNet):
         self.sfe2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.rdbs = nn.ModuleList(RDB(num_feat, num_grow_ch, num_layer) for _ in range(num_block))
         self.gff = nn.Sequential(nn.Conv2d(num_block * num_feat, num_feat, 1), nn.Conv2d(num_feat, num_feat, 3, 1, 1))
-        self.upsample = MetaUpsample(num_feat, num_out_ch, kernel_size, hidden_channels, impl)
+        self.upsample = MetaUpsample(num_feat, num_out_ch, kernel_size, hidden_channels, impl, periodic_w)
+        if periodic_w:
+            make_convs_periodic_w(self)
 
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
         """(N, num_in_ch, h, w) -> (N, num_feat, h, w)."""

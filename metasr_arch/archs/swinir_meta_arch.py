@@ -9,6 +9,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from metasr_arch.archs.meta_upsample_arch import MetaUpsample
+from metasr_arch.archs.periodic import make_convs_periodic_w, make_swin_blocks_periodic_w
 from metasr_arch.archs.metasr_base import (DEFAULT_RGB_MEAN, MeanArg, MetaSRNet, ScaleRangeArg, check_head_options,
                                            check_positive_int, check_positive_real)
 from metasr_arch.utils.registry import register
@@ -63,7 +64,9 @@ class SwinIRMeta(MetaSRNet):
     Args (Meta head):
         num_feat: channels fed to the head.
         kernel_size, hidden_channels, impl: as ``MetaUpsample``.
-        rgb_mean, mean, scale_range: as ``MetaRDN``.
+        rgb_mean, mean, scale_range, periodic_w: as ``MetaRDN``. With ``periodic_w`` the shifted
+            windows also join the first and last columns, and the input width must be a multiple of
+            ``window_size`` (windows cannot tile a periodic axis otherwise).
 
     Shapes:
         forward(x (N, in_chans, h, w), scale=(r_v, r_h) or out_size=(H, W)) -> (N, in_chans, H, W), any h, w.
@@ -76,7 +79,7 @@ class SwinIRMeta(MetaSRNet):
                  norm_layer=nn.LayerNorm, ape: bool = False, patch_norm: bool = True, use_checkpoint: bool = False,
                  img_range: float = 1., resi_connection: str = '1conv', num_feat: int = 64, kernel_size: int = 3,
                  hidden_channels: int = 256, impl: str = 'auto', rgb_mean: Sequence[float] = DEFAULT_RGB_MEAN,
-                 mean: MeanArg = 0.5, scale_range: ScaleRangeArg = None):
+                 mean: MeanArg = 0.5, scale_range: ScaleRangeArg = None, periodic_w: bool = False):
         super().__init__()
         self._check_options(img_size, patch_size, embed_dim, depths, num_heads, window_size, mlp_ratio, ape,
                             use_checkpoint, resi_connection, num_feat, hidden_channels)
@@ -108,7 +111,11 @@ class SwinIRMeta(MetaSRNet):
         # SwinIR's initialisation, applied to the trunk only: the head keeps MetaUpsample's own.
         for module in (self.patch_embed, self.layers, self.norm):
             module.apply(self._init_weights)
-        self.upsample = MetaUpsample(num_feat, in_chans, kernel_size, hidden_channels, impl)
+        self.upsample = MetaUpsample(num_feat, in_chans, kernel_size, hidden_channels, impl, periodic_w)
+        self.periodic_w = periodic_w
+        if periodic_w:
+            make_convs_periodic_w(self)
+            make_swin_blocks_periodic_w(self.layers)
 
     @staticmethod
     def _check_options(img_size, patch_size, embed_dim, depths, num_heads, window_size, mlp_ratio, ape,
@@ -187,6 +194,9 @@ class SwinIRMeta(MetaSRNet):
         the head's kernel.
         """
         h, w = x.shape[2], x.shape[3]
+        if self.periodic_w and w % self.window_size:
+            raise ValueError(f'periodic_w needs an input width that is a multiple of window_size='
+                             f'{self.window_size}, got {w} columns (pad or crop the longitudes)')
         x = (x - self.mean_in.to(x.dtype)) * self.img_range
         x = pad_to_multiple(x, self.window_size)
         x = self.conv_first(x)

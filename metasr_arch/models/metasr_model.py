@@ -37,14 +37,14 @@ from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
-from basicsr.utils.registry import MODEL_REGISTRY
+from basicsr.utils.registry import DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
+from metasr_arch.archs.periodic import bicubic_for
 from metasr_arch.ops.geometry import parse_scale, resolve_scale
 from metasr_arch.utils.amp import all_finite, amp_dtype, amp_name, autocast, compile_for_training, parse_compile
 from metasr_arch.utils.atomic import atomic_write, atomic_write_bytes
 from metasr_arch.utils.naming import scale_tag
 from metasr_arch.utils.registry import register
-from metasr_arch.utils.resize import imresize_to
 from metasr_arch.utils.safetensors_ckpt import read_network_checkpoint, save_safetensors_checkpoint
 from metasr_arch.utils.scale_sampler import build_scale_sampler, parse_scale_list
 from metasr_arch.utils.tiling import tiled_forward
@@ -91,6 +91,11 @@ def _border(crop_border, scale: Scale) -> Tuple[int, int]:
 def _crop(img: np.ndarray, border: Tuple[int, int]) -> np.ndarray:
     bv, bh = border
     return img[bv:img.shape[0] - bv if bv else None, bh:img.shape[1] - bh if bh else None]
+
+
+def _is_physical(metric_opt: Mapping) -> bool:
+    """True for metrics that want fields in the data's units (``physical_units``, e.g. weighted RMSE)."""
+    return bool(getattr(METRIC_REGISTRY.get(metric_opt['type']), 'physical_units', False))
 
 
 def _batch_scale(scale) -> Scale:
@@ -256,7 +261,7 @@ class MetaSRModel(SRModel):
             raise ValueError(f'GT of {gt.shape[-2]}x{gt.shape[-1]} is smaller than the {H}x{W} output of a '
                              f'{h}x{w} LR at scale {scale}: raise the dataset gt_size')
         gt = gt[..., :H, :W]
-        lq = imresize_to(gt, (h, w))
+        lq = bicubic_for(self.net_g)(gt, (h, w))  # wraps along W for periodic_w networks
         return self.quantize_lq(lq, phase), gt
 
     def quantize_lq(self, lq: torch.Tensor, phase: str = 'train') -> torch.Tensor:
@@ -313,7 +318,7 @@ class MetaSRModel(SRModel):
             # float32 under autocast, where a bf16 image would be rounded to about 8 bits
             with torch.autocast(lq.device.type, enabled=False):
                 dtype = torch.promote_types(out.dtype, lq.dtype)
-                out = out.to(dtype) + imresize_to(lq, tuple(out.shape[-2:])).to(dtype)
+                out = out.to(dtype) + bicubic_for(net)(lq, tuple(out.shape[-2:])).to(dtype)
         return out
 
     # ------------------------------------------------------------------ mixed precision steps
@@ -439,10 +444,22 @@ class MetaSRModel(SRModel):
             return t[0].detach().float().cpu().numpy().transpose(1, 2, 0).astype(np.float64) * 255.
         return tensor2img([t.detach().cpu()])
 
-    def _metric_values(self, img: np.ndarray, gt: np.ndarray, scale: Scale, float_data: bool) -> Dict[str, float]:
+    def _to_physical(self, t: torch.Tensor, dataset) -> np.ndarray:
+        """(H, W, C) float64 in the dataset's units: its ``denormalize`` if it has one, else the values as they are."""
+        arr = t[0].detach().double().cpu().numpy().transpose(1, 2, 0)
+        return dataset.denormalize(arr) if hasattr(dataset, 'denormalize') else arr
+
+    def _metric_values(self, img: np.ndarray, gt: np.ndarray, scale: Scale, float_data: bool,
+                       physical: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Dict[str, float]:
+        """Every ``val.metrics`` entry; metrics marked ``physical_units`` (the latitude-weighted ones) get
+        ``physical`` = (img, gt) in the data's units, with no border cropped unless ``crop_border`` says so."""
         out = {}
         for name, mopt in self.opt['val']['metrics'].items():
             mopt = dict(mopt)
+            if physical is not None and _is_physical(mopt):
+                mopt['crop_border'] = _border(mopt.get('crop_border', 0), scale)
+                out[name] = float(calculate_metric({'img': physical[0], 'img2': physical[1]}, mopt))
+                continue
             border = _border(mopt.pop('crop_border', 'auto'), scale)
             if float_data:
                 mopt['test_y_channel'] = False
@@ -457,10 +474,10 @@ class MetaSRModel(SRModel):
         suffix = self.opt['val'].get('suffix') or self.opt['name']
         return osp.join(vis, dataset_name, f'{img_name}_{tag}{what}_{suffix}.{ext}')
 
-    def _save(self, t: torch.Tensor, img: np.ndarray, path: str, float_data: bool) -> None:
-        if float_data:
+    def _save(self, t: torch.Tensor, img: np.ndarray, path: str, float_data: bool, dataset=None) -> None:
+        if float_data:  # (C, H, W) float32, in the data's units when the dataset can denormalise
             os.makedirs(osp.dirname(path), exist_ok=True)
-            np.save(path, t[0].detach().float().cpu().numpy())
+            np.save(path, self._to_physical(t, dataset).transpose(2, 0, 1).astype(np.float32))
         else:
             imwrite(img, path)
 
@@ -481,6 +498,7 @@ class MetaSRModel(SRModel):
         float_data = bool(getattr(dataset, 'float_data', False))
         save_bicubic = bool(self.opt['val'].get('save_bicubic', False))
         metric_names = list(self.opt['val']['metrics'].keys())
+        physical = any(_is_physical(m) for m in self.opt['val']['metrics'].values())
         sums: Dict[Scale, Dict[str, float]] = OrderedDict()
         counts: Dict[Scale, int] = OrderedDict()
         start = time.time()
@@ -491,13 +509,14 @@ class MetaSRModel(SRModel):
                 self.feed_data(pair)
                 self.test()
                 scale = self.scale
-                bicubic = imresize_to(self.lq.float(), tuple(self.gt.shape[-2:]))
+                bicubic = bicubic_for(self.net_g)(self.lq.float(), tuple(self.gt.shape[-2:]))
                 sr_img = self._to_metric_image(self.output, float_data)
                 gt_img = self._to_metric_image(self.gt, float_data)
                 bic_img = self._to_metric_image(bicubic, float_data)
-                values = self._metric_values(sr_img, gt_img, scale, float_data)
-                values.update({f'{k}_bicubic': v for k, v in
-                               self._metric_values(bic_img, gt_img, scale, float_data).items()})
+                phys = [self._to_physical(t, dataset) for t in (self.output, bicubic, self.gt)] if physical else None
+                values = self._metric_values(sr_img, gt_img, scale, float_data, phys and (phys[0], phys[2]))
+                values.update({f'{k}_bicubic': v for k, v in self._metric_values(
+                    bic_img, gt_img, scale, float_data, phys and (phys[1], phys[2])).items()})
                 acc = sums.setdefault(scale, OrderedDict((k, 0.0) for k in values))
                 for k, v in values.items():
                     acc[k] += v
@@ -505,11 +524,11 @@ class MetaSRModel(SRModel):
                 if save_img:
                     tag, ext = scale_tag(*scale), 'npy' if float_data else 'png'
                     self._save(self.output, sr_img, self._save_path(dataset_name, img_name, tag, current_iter, ext),
-                               float_data)
+                               float_data, dataset)
                     if save_bicubic:
                         self._save(bicubic, bic_img,
                                    self._save_path(dataset_name, img_name, tag, current_iter, ext, '_bicubic'),
-                                   float_data)
+                                   float_data, dataset)
                 del self.lq, self.output, self.gt
         results = OrderedDict((s, OrderedDict((k, v / counts[s]) for k, v in acc.items())) for s, acc in sums.items())
         self.metric_results = results
@@ -560,20 +579,34 @@ class MetaSRModel(SRModel):
         atomic_write_bytes(osp.join(root, 'psnr_table.md'), table.encode('utf-8'))
 
     def psnr_table(self) -> str:
-        """Markdown table of the latest validation per (dataset, scale): PSNR model vs bicubic."""
-        metric = 'psnr' if 'psnr' in self.opt['val']['metrics'] else next(iter(self.opt['val']['metrics']))
+        """Markdown table of the latest validation per (dataset, scale): PSNR model vs bicubic, then one
+        table for each physical-unit metric (latitude-weighted RMSE ...; lower is better there)."""
+        metrics = self.opt['val']['metrics']
+        first = 'psnr' if 'psnr' in metrics else next(iter(metrics))
+        physical = [m for m in metrics if m != first and _is_physical(metrics[m])]
+        return '\n'.join([self._metric_table(first)] + [self._metric_table(m, 4) for m in physical])
+
+    def _metric_table(self, metric: str, digits: int = 2) -> str:
         rows = [f'| dataset | scale (r_v x r_h) | iter | {metric} model | {metric} bicubic | gain |',
                 '|---|---|---|---:|---:|---:|']
         for (dataset_name, scale), (it, values) in self._table_rows.items():
-            gain = values[metric] - values[f'{metric}_bicubic']
-            rows.append(f'| {dataset_name} | {scale[0]:g} x {scale[1]:g} | {it} | {values[metric]:.2f} | '
-                        f'{values[metric + "_bicubic"]:.2f} | {gain:+.2f} |')
+            model, bicubic = values[metric], values[f'{metric}_bicubic']
+            rows.append(f'| {dataset_name} | {scale[0]:g} x {scale[1]:g} | {it} | {model:.{digits}f} | '
+                        f'{bicubic:.{digits}f} | {model - bicubic:+.{digits}f} |')
         return '\n'.join(rows) + '\n'
 
     # ------------------------------------------------------------------ checkpoints
     def _network_opt_for(self, net_label: str) -> Optional[dict]:
         key = 'network_' + net_label[len('net_'):] if net_label.startswith('net_') else None
         return plain(self.opt[key]) if key and isinstance(self.opt.get(key), Mapping) else None
+
+    def _train_normalization(self) -> Optional[dict]:
+        """Per-variable statistics of the training set, when its dataset has them (``normalization_for``)."""
+        ds_opt = (self.opt.get('datasets') or {}).get('train')
+        if not isinstance(ds_opt, Mapping) or 'type' not in ds_opt:
+            return None
+        resolve = getattr(DATASET_REGISTRY.get(ds_opt['type']), 'normalization_for', None)
+        return plain(resolve(dict(ds_opt))) if resolve is not None else None
 
     @master_only
     def save_network(self, net, net_label: str, current_iter, param_key='params') -> None:
@@ -596,6 +629,9 @@ class MetaSRModel(SRModel):
             save_dict['network_opt'] = network_opt
             # inference must add the same bicubic skip as training (MetaSRModel option bicubic_skip)
             save_dict['bicubic_skip'] = bool(self.opt.get('bicubic_skip', False))
+            normalization = self._train_normalization()
+            if normalization is not None:  # inference must normalise inputs and undo it like training did
+                save_dict['normalization'] = normalization
         self._atomic_save(save_dict, save_path, save_safetensors_checkpoint if safetensors else atomic_torch_save)
 
     @master_only

@@ -147,6 +147,8 @@ def load_network(opt: Optional[str] = None, ckpt: Optional[str] = None, param_ke
     # MetaSRModel's bicubic_skip: the network predicts the residual over bicubic, recorded in the checkpoint
     # (or set at the top level of the training options file)
     net.metasr_bicubic_skip = bool(checkpoint.get('bicubic_skip', False) or _yaml_bicubic_skip(opt))
+    # MetaSRXarrayDataset's per-variable statistics: gridded inference normalises and denormalises with them
+    net.metasr_normalization = checkpoint.get('normalization')
     return net.to(device)
 
 

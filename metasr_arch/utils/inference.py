@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from metasr_arch.archs.meta_upsample_arch import MetaUpsample
+from metasr_arch.archs.periodic import bicubic_for
 from metasr_arch.ops.geometry import resolve_scale
 from metasr_arch.utils.amp import autocast
 from metasr_arch.utils.memory import check_request
@@ -42,7 +43,7 @@ def run_network(net: nn.Module, x: torch.Tensor, scale=None, out_size=None, tile
         else:
             y = net(x, scale=scale, out_size=out_size)
     if getattr(net, 'metasr_bicubic_skip', False):  # in float32: a bf16 image keeps only about 8 bits
-        y = y.float() + imresize_to(x.float(), tuple(y.shape[-2:]))
+        y = y.float() + bicubic_for(net)(x.float(), tuple(y.shape[-2:]))
     if tuple(y.shape[-2:]) != (spec.out_h, spec.out_w):
         raise RuntimeError(f'{type(net).__name__} returned {tuple(y.shape[-2:])}, expected exactly '
                            f'{(spec.out_h, spec.out_w)} for r = ({spec.r_v:g}, {spec.r_h:g})')

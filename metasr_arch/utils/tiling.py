@@ -88,6 +88,8 @@ def tiled_forward(net: nn.Module, x: torch.Tensor, scale: ScaleArg = None, out_s
     if min(th, tw) < 1 or isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
         raise ValueError(f'tile must be positive and overlap a non-negative int, got tile={tile!r}, '
                          f'overlap={overlap!r}')
+    if getattr(getattr(_bare(net), 'upsample', None), 'periodic_w', False):
+        tw = w  # periodic longitude: a tile narrower than the field would wrap onto itself, so tile rows only
     if th >= h and tw >= w:
         return _call(net, x, scale, out_size)
     split = _split(_bare(net))

@@ -257,6 +257,21 @@ def test_module_api_refuses_beyond_the_configurable_limit(monkeypatch):
     assert parse_bytes('1.5GiB') == 3 * 2**29 and parse_bytes('8G') == 8 * 10**9
 
 
+def test_head_alone_refuses_beyond_the_limit(monkeypatch):
+    head = MetaUpsample(8, 3)
+    x = torch.rand(1, 8, 16, 16)
+    start = time.perf_counter()
+    with pytest.raises(RequestTooLargeError, match=r'MetaUpsample .* 100000x100000 .* needs at least'):
+        head(x, out_size=(100000, 100000))
+    assert time.perf_counter() - start < 2
+    # the head alone: one 3x32x32 output + 8*9 unfolded 16x16 features, float32: 4 * (3*1024 + 72*256) = 86016
+    monkeypatch.setenv('METASR_MEMORY_LIMIT', '86015')
+    with pytest.raises(RequestTooLargeError, match='METASR_MEMORY_LIMIT=86015'):
+        head(x, scale=2)
+    monkeypatch.setenv('METASR_MEMORY_LIMIT', '86016')
+    assert head(x, scale=2).shape == (1, 3, 32, 32)
+
+
 def test_max_pixels_option(tmp_path, ckpt, capsys):
     image(tmp_path / 'a.png', 8, 8)
     assert infer(tmp_path / 'a.png', '--ckpt', ckpt, '--scale', '2', '3', '--max-pixels', '256',

@@ -11,6 +11,7 @@ from metasr_arch.ops.geometry import (AxisProjection, ScaleArg, ScaleSpec, SizeA
 from metasr_arch.ops.factorized import factorized_meta_upscale
 from metasr_arch.ops.meta_upscale import (MODULE_IMPLS, check_input, meta_upscale_im2col, per_pixel_projection,
                                           phase_table_conv, resolve_impl)
+from metasr_arch.utils.memory import check_request
 
 # Largest phase table (weights + the MLP's hidden layer) built at once. Scales whose phases do not
 # repeat (e.g. out_size 721x1439 from 96x144) would otherwise build a table as large as per-pixel
@@ -92,6 +93,10 @@ class MetaUpsample(nn.Module):
 
     Shapes:
         forward(x (N, C_in, h, w), scale=(r_v, r_h) or out_size=(H, W)) -> (N, C_out, H, W).
+
+    Raises:
+        RequestTooLargeError (a ValueError, ``metasr_arch.utils.memory``) before allocating anything when
+        the output cannot fit in memory (``METASR_MEMORY_LIMIT`` sets the limit).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, hidden_channels: int = 256,
@@ -123,6 +128,12 @@ class MetaUpsample(nn.Module):
         if x.shape[1] != self.in_channels:
             raise ValueError(f'x has {x.shape[1]} channels, MetaUpsample expects in_channels={self.in_channels}')
         spec = resolve_scale(x.shape[2], x.shape[3], scale, out_size)
+        # before any allocation (a huge scale would otherwise fill the memory first); MetaSRNet checks
+        # its larger need itself. Not inside a compiled graph: querying the machine would break it.
+        if not torch.compiler.is_compiling():
+            check_request(x.shape[0], self.in_channels, self.out_channels, x.shape[2], x.shape[3], spec.out_h,
+                          spec.out_w, self.kernel_size, x.element_size(), x.device, output_copies=1,
+                          what=f'MetaUpsample at (r_v, r_h) = ({spec.r_v:g}, {spec.r_h:g})')
         # with the dtype, 'auto' hands the native op this (device, dtype) only after its self-check passed
         impl = resolve_impl(self.impl, x.device, MODULE_IMPLS, dtype=x.dtype)
         n, k = x.shape[0], self.kernel_size

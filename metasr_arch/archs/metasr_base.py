@@ -190,10 +190,12 @@ class MetaSRNet(nn.Module):
         if x.shape[1] != self.num_in_ch:
             raise ValueError(f'x has {x.shape[1]} channels, the network expects {self.num_in_ch}')
         spec = resolve_scale(x.shape[2], x.shape[3], scale, out_size)
-        # before any allocation: --scale 1e6 would otherwise run for minutes and exhaust the memory
-        check_request(x.shape[0], self.upsample.in_channels, self.num_out_ch, x.shape[2], x.shape[3], spec.out_h,
-                      spec.out_w, self.upsample.kernel_size, x.element_size(), x.device,
-                      what=f'{type(self).__name__} at (r_v, r_h) = ({spec.r_v:g}, {spec.r_h:g})')
+        # before any allocation: --scale 1e6 would otherwise run for minutes and exhaust the memory.
+        # Not inside a compiled graph (train.compile scope net): querying the machine would break it.
+        if not torch.compiler.is_compiling():
+            check_request(x.shape[0], self.upsample.in_channels, self.num_out_ch, x.shape[2], x.shape[3],
+                          spec.out_h, spec.out_w, self.upsample.kernel_size, x.element_size(), x.device,
+                          what=f'{type(self).__name__} at (r_v, r_h) = ({spec.r_v:g}, {spec.r_h:g})')
         if self.scale_range is not None and not self._range_warned:
             (lo_v, hi_v), (lo_h, hi_h) = self.scale_range
             if not (lo_v - _RANGE_EPS <= spec.r_v <= hi_v + _RANGE_EPS

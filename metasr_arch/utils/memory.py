@@ -60,19 +60,20 @@ def memory_limit(device: Union[str, torch.device] = 'cpu') -> Tuple[Optional[int
 
 
 def head_bytes(n: int, c_in: int, c_out: int, in_h: int, in_w: int, out_h: int, out_w: int, kernel_size: int,
-               element_size: int = 4) -> int:
+               element_size: int = 4, output_copies: int = 2) -> int:
     """Lower bound of the memory a Meta-SR forward needs at one output size.
 
-    The head's output (N, C_out, H, W) exists twice (the head's result and the network's mean-shifted
-    copy), and every implementation reads the unfolded features (N, C_in*k*k, h, w). Python ints, so
-    absurd sizes do not overflow.
+    In a network the head's output (N, C_out, H, W) exists twice (the head's result and the network's
+    mean-shifted copy; ``output_copies=1`` for the head alone), and every implementation reads the
+    unfolded features (N, C_in*k*k, h, w). Python ints, so absurd sizes do not overflow.
     """
-    return element_size * (2 * n * c_out * out_h * out_w + n * c_in * kernel_size * kernel_size * in_h * in_w)
+    return element_size * (output_copies * n * c_out * out_h * out_w
+                           + n * c_in * kernel_size * kernel_size * in_h * in_w)
 
 
 def check_request(n: int, c_in: int, c_out: int, in_h: int, in_w: int, out_h: int, out_w: int,
                   kernel_size: int = 3, element_size: int = 4, device: Union[str, torch.device] = 'cpu',
-                  limit: Optional[int] = None, what: str = 'request') -> int:
+                  limit: Optional[int] = None, what: str = 'request', output_copies: int = 2) -> int:
     """Raise ``RequestTooLargeError`` when ``head_bytes(...)`` exceeds the memory limit of ``device``.
 
     Args:
@@ -81,7 +82,7 @@ def check_request(n: int, c_in: int, c_out: int, in_h: int, in_w: int, out_h: in
     Returns:
         the estimate in bytes.
     """
-    estimate = head_bytes(n, c_in, c_out, in_h, in_w, out_h, out_w, kernel_size, element_size)
+    estimate = head_bytes(n, c_in, c_out, in_h, in_w, out_h, out_w, kernel_size, element_size, output_copies)
     source = 'argument'
     if limit is None:
         limit, source = memory_limit(device)

@@ -1,20 +1,16 @@
 """train.compile: the trunk compiled once whatever the per-batch scale; compiled training equals eager training."""
 import json
 import math
-import os
-import subprocess
-import sys
 
 import metasr_arch  # noqa: F401  (before basicsr)
 
 import pytest
 import torch
-import yaml
 
 from metasr_arch.models.metasr_model import MetaSRModel
 from test_amp import train
 from test_tools import load_script
-from test_training import make_opt, tiny_demo_opt
+from test_training import make_opt, run_train_cli, tiny_demo_opt
 
 PAPER_SAMPLER = {'type': 'uniform', 'v': [1.1, 4.0], 'step': 0.1, 'p_symmetric': 0.5}
 
@@ -67,11 +63,7 @@ def test_compile_amp_channels_last_run_the_demo_options(tmp_path):
     opt['train'].update(lr_patch_size=8, total_iter=3, compile=True, amp='bf16', channels_last=True)
     opt['val'].update(val_freq=3, scales=[2, [1.5, 3]], amp='bf16')
     opt['logger'].update(print_freq=1, save_checkpoint_freq=3)
-    (tmp_path / 'train.yml').write_text(yaml.safe_dump(opt))
-    env = dict(os.environ, METASR_ROOT=str(tmp_path))
-    run = subprocess.run([sys.executable, '-m', 'metasr_arch.train', '-opt', str(tmp_path / 'train.yml')], env=env,
-                         cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_train_cli(tmp_path, opt, timeout=900)
     exp = tmp_path / 'experiments' / 'fast'
     log = next(exp.glob('train_fast_*.log')).read_text()
     assert 'recompile_limit' not in run.stderr and 'non-finite' not in log

@@ -169,6 +169,17 @@ def write_images(folder, n, h, w):
         cv2.imwrite(os.path.join(folder, f'im{i}.png'), base)
 
 
+def run_train_cli(tmp_path, opt: dict, *extra: str, timeout: int = 300, env: dict = None):
+    """Write ``opt`` to ``tmp_path/train.yml`` and run ``python -m metasr_arch.train`` on it there
+    (``METASR_ROOT`` = ``tmp_path``); asserts exit 0 and returns the finished process."""
+    (tmp_path / 'train.yml').write_text(yaml.safe_dump(opt))
+    env = dict(env if env is not None else os.environ, METASR_ROOT=str(tmp_path))
+    run = subprocess.run([sys.executable, '-m', 'metasr_arch.train', '-opt', str(tmp_path / 'train.yml'), *extra],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
 def tiny_demo_opt(tmp_path, name: str, n_train: int = 3) -> dict:
     """The demo options shrunk to a tiny network on tiny images written under ``tmp_path``."""
     write_images(tmp_path / 'train', n_train, 48, 48)
@@ -190,11 +201,7 @@ def test_end_to_end_train_then_test(tmp_path):
     opt['train'].update(lr_patch_size=8, total_iter=3)
     opt['val'].update(val_freq=3, tile={'size': 8, 'overlap': 5})
     opt['logger'].update(print_freq=1, save_checkpoint_freq=3)
-    (tmp_path / 'train.yml').write_text(yaml.safe_dump(opt))
-    env = dict(os.environ, METASR_ROOT=str(tmp_path))
-    run = subprocess.run([sys.executable, '-m', 'metasr_arch.train', '-opt', str(tmp_path / 'train.yml')], env=env,
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_train_cli(tmp_path, opt)
     exp = tmp_path / 'experiments' / 'e2e'
     recs = [json.loads(s) for s in (exp / 'metrics.jsonl').read_text().splitlines()]
     expected = {(float(s[0]), float(s[1])) if isinstance(s, list) else (float(s), float(s))
@@ -208,8 +215,9 @@ def test_end_to_end_train_then_test(tmp_path):
                 'path': {'pretrain_network_g': str(exp / 'models' / 'net_g_latest.pth'), 'strict_load_g': True},
                 'val': {'save_img': True, 'suffix': None, 'scales': [2.5, [1.5, 3]], 'lq_quantize': 255}}
     (tmp_path / 'test.yml').write_text(yaml.safe_dump(test_opt))
-    run = subprocess.run([sys.executable, '-m', 'metasr_arch.test', '-opt', str(tmp_path / 'test.yml')], env=env,
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, '-m', 'metasr_arch.test', '-opt', str(tmp_path / 'test.yml')],
+                         env=dict(os.environ, METASR_ROOT=str(tmp_path)), cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     recs_test = [json.loads(s) for s in (tmp_path / 'results' / 'e2e_test' / 'metrics.jsonl').read_text().splitlines()]
     by_scale = {tuple(r['scale']): r for r in recs_test}

@@ -18,8 +18,11 @@ import torch
 import torch.distributed as dist
 
 import metasr_arch  # noqa: F401  (registers the plugin before BasicSR builds anything)
-from metasr_arch.archs.metasr_base import OptionError, check_network_sections
-from metasr_arch.utils.checkpoint import err_detail
+
+# The archs (metasr_base, utils.checkpoint) are imported inside the functions that need them: a fork
+# patched by scripts/install_into_basicsr_fork.py imports this module from its basicsr/__init__ (through
+# train.py and test.py), which can run while metasr_arch's own archs are half imported; importing them
+# here would then fail with a circular import (tests/test_training_fork.py).
 
 
 def _cpu_aware_init_dist(original: Callable) -> Callable:
@@ -86,6 +89,8 @@ def patch_load_resume_state() -> None:
     onto the CPU (BasicSR maps it onto ``torch.cuda.current_device()``, which fails there).
     """
     import basicsr.train as train
+    from metasr_arch.archs.metasr_base import OptionError
+    from metasr_arch.utils.checkpoint import err_detail
     if getattr(train.load_resume_state, '_metasr_patched', False):
         return
     original = train.load_resume_state
@@ -122,6 +127,7 @@ def patch_parse_options() -> None:
     """
     import basicsr.test as test
     import basicsr.train as train
+    from metasr_arch.archs.metasr_base import check_network_sections
     for module in (train, test):
         if getattr(module.parse_options, '_metasr_patched', False):
             continue
@@ -147,6 +153,7 @@ def run_pipeline(pipeline: Callable[[str], None], argv: Optional[Sequence[str]] 
     Every ``torch.load`` in the pipeline reads weights only; problems of the whole run (an unknown
     network option, a refused resume state) end with ``error: ...`` and exit status 2.
     """
+    from metasr_arch.archs.metasr_base import OptionError
     if argv is not None:
         sys.argv = [sys.argv[0]] + list(argv)
     patch_init_dist()

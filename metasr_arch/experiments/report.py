@@ -150,10 +150,12 @@ def psnr_figure(records: Sequence[dict], models: Sequence[str], kinds: Mapping[s
         ax.set_xlabel('scale r (symmetric)')
         ax.set_ylabel('PSNR gain over bicubic (dB)' if gain else 'PSNR, Y (dB)')
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    # one legend for both axes, below them: inside an axis it hid the fixed models' markers
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', ncol=len(labels), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 

@@ -12,9 +12,11 @@ does not stop the others, and the whole run stays inside ``--budget`` seconds (d
   native_bench scripts/benchmark_native.py: native vs the seed-style loop kernel, im2col and the
                PyTorch phase path, time and peak extra memory
   model_bench  scripts/benchmark_models.py: Meta head vs fixed x4 head, RDN and SwinIR, batch 16 of
-               48x48, time and peak CUDA memory
+               48x48, time and peak CUDA memory, float32 and bf16 autocast interleaved (issue 13)
   demo         a 300-iteration demo training (options/train/demo_MetaRDN.yml) on CUDA, PSNR table
   grid_b8      the 96x144 -> 721x1440 grid case at batch 8 (operator level: time, peak memory)
+  demo_bf16    the same demo with ``train: amp: bf16``: its PSNR table against ``demo``'s (issue 13's
+               target: within 0.05 dB); last, so that the budget never starves the steps above
 
 ``--dry-run`` (any machine, no GPU needed; CI runs it) runs the steps that need no CUDA in a small CPU
 form (the build of the variant the tests use, the CPU self-check, the collection of the cuda tests,
@@ -139,12 +141,15 @@ def demo_summary(experiment: Path) -> Callable[[str], str]:
 # the steps
 
 
-def write_demo_options(work: Path, dry_run: bool) -> Path:
+def write_demo_options(work: Path, dry_run: bool, amp: Optional[str] = None) -> Path:
     """Options of the demo with ``total_iter`` DEMO_ITERS (4 in a dry run, on the CPU with two
-    validation scales) and absolute dataset paths; validation runs once, at the end."""
+    validation scales) and absolute dataset paths; validation runs once, at the end. ``amp``
+    ('bf16', 'fp16') trains under autocast (``train.amp``), named ``gpu_check_demo_<amp>``."""
     opt = yaml.safe_load(DEMO_OPTIONS.read_text(encoding='utf-8'))
     iters = DRY_DEMO_ITERS if dry_run else DEMO_ITERS
-    opt['name'] = 'gpu_check_demo'
+    opt['name'] = 'gpu_check_demo' + (f'_{amp}' if amp else '')
+    if amp:
+        opt['train']['amp'] = amp
     opt['num_gpu'] = 0 if dry_run else 1
     for split in ('train', 'val'):
         opt['datasets'][split]['dataroot_gt'] = str(REPO / 'datasets' / 'demo' / split)
@@ -155,7 +160,7 @@ def write_demo_options(work: Path, dry_run: bool) -> Path:
         opt['val']['scales'] = [2, [1.5, 3]]
     opt['logger']['print_freq'] = max(1, iters // 6)
     opt['logger']['save_checkpoint_freq'] = iters
-    path = work / 'demo_gpu_check.yml'
+    path = work / (f'demo_gpu_check_{amp}.yml' if amp else 'demo_gpu_check.yml')
     path.write_text(yaml.safe_dump(opt, sort_keys=False), encoding='utf-8')
     return path
 
@@ -194,7 +199,7 @@ def make_steps(py: str, work: Path, dry_run: bool, wheels: Optional[Path], peaks
                       summary=file_summary(native_md, table_lines)))
     models = [py, str(REPO / 'scripts' / 'benchmark_models.py')]
     steps.append(Step('model_bench', 'Meta head vs fixed x4 head (RDN, SwinIR; batch 16 of 48x48)',
-                      models + ['--device', 'cuda', '--repeats', '10'], 150,
+                      models + ['--device', 'cuda', '--repeats', '10', '--amp', 'off', 'bf16'], 150,
                       dry_command=models + ['--device', 'cpu', '--reduced', '--batch', '1', '--patch', '8',
                                             '--repeats', '1'],
                       summary=table_lines))
@@ -208,6 +213,10 @@ def make_steps(py: str, work: Path, dry_run: bool, wheels: Optional[Path], peaks
                       bench + ['--device', 'cuda', '--cases', 'grid_96x144_to_721x1440_b8', '--impls', 'native', 'phase',
                                'native_px', 'seed_loop', 'im2col', '--repeats', '3', '--markdown', str(grid_md)] + roof,
                       150, summary=file_summary(grid_md, table_lines)))
+    train_bf16 = [py, '-m', 'metasr_arch.train', '-opt', str(write_demo_options(work, dry_run, 'bf16'))]
+    steps.append(Step('demo_bf16', 'The same demo under train.amp bf16 (PSNR against the float32 demo above)',
+                      train_bf16, 180, dry_command=train_bf16,
+                      summary=demo_summary(work / 'experiments' / 'gpu_check_demo_bf16')))
     return steps
 
 

@@ -72,6 +72,10 @@ def test_demo_options(gpu_check, tmp_path, dry_run):
     base = yaml.safe_load((ROOT / 'options' / 'train' / 'demo_MetaRDN.yml').read_text())
     assert opt['network_g'] == base['network_g']  # the demo's model, only shorter
     assert (opt['val']['scales'] == [2, [1.5, 3]]) == dry_run
+    assert 'amp' not in opt['train'] and opt['name'] == 'gpu_check_demo'
+    bf16 = yaml.safe_load(gpu_check.write_demo_options(tmp_path, dry_run, 'bf16').read_text())
+    assert bf16['train'].pop('amp') == 'bf16' and bf16['name'] == 'gpu_check_demo_bf16'
+    assert {k: v for k, v in bf16.items() if k != 'name'} == {k: v for k, v in opt.items() if k != 'name'}
 
 
 def test_bad_arguments_exit_2_with_the_reason(gpu_check, tmp_path, capsys):

@@ -386,3 +386,18 @@ def test_cuda_limit_is_free_plus_unused_reserved(monkeypatch):
     assert memory.memory_limit('cuda:0') == (11 * 2**30, 'free memory of cuda:0')
     with pytest.raises(RequestTooLargeError, match=r'limit of 11 GiB \(free memory of cuda:0\)'):
         memory.check_request(1, 64, 3, 100, 100, 40000, 40000, device='cuda:0')
+
+
+
+def test_small_requests_do_not_query_the_machine(monkeypatch):
+    """Every training forward runs the check: below the floor it asks neither the driver nor the OS."""
+    from metasr_arch.utils import memory
+    monkeypatch.delenv('METASR_MEMORY_LIMIT', raising=False)
+
+    def no_query(device='cpu'):
+        raise AssertionError('memory_limit queried for a small request')
+    monkeypatch.setattr(memory, 'memory_limit', no_query)
+    small = memory.check_request(16, 64, 3, 48, 48, 192, 192, device='cuda:0')  # a training batch: ~24 MiB
+    assert small == memory.head_bytes(16, 64, 3, 48, 48, 192, 192, 3) < memory.QUERY_FLOOR_BYTES
+    with pytest.raises(AssertionError, match='queried'):  # above the floor the limit is asked for
+        memory.check_request(1, 64, 3, 100, 100, 40000, 40000, device='cuda:0')

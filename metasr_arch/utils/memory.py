@@ -17,6 +17,10 @@ from typing import Optional, Tuple, Union
 import torch
 
 ENV_LIMIT = 'METASR_MEMORY_LIMIT'
+# Estimates below this are accepted without asking the machine: the check runs on every forward (each
+# training iteration), and on CUDA asking means driver calls; a request this small is not the kind
+# the check exists for. An explicit METASR_MEMORY_LIMIT is always applied.
+QUERY_FLOOR_BYTES = 256 * 2**20
 _UNITS = {'': 1, 'b': 1, 'k': 10**3, 'kb': 10**3, 'kib': 2**10, 'm': 10**6, 'mb': 10**6, 'mib': 2**20,
           'g': 10**9, 'gb': 10**9, 'gib': 2**30, 't': 10**12, 'tb': 10**12, 'tib': 2**40}
 
@@ -85,6 +89,8 @@ def check_request(n: int, c_in: int, c_out: int, in_h: int, in_w: int, out_h: in
     estimate = head_bytes(n, c_in, c_out, in_h, in_w, out_h, out_w, kernel_size, element_size, output_copies)
     source = 'argument'
     if limit is None:
+        if estimate < QUERY_FLOOR_BYTES and not os.environ.get(ENV_LIMIT, '').strip():
+            return estimate
         limit, source = memory_limit(device)
     if limit is not None and estimate > limit:
         pixels = out_h * out_w

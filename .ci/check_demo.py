@@ -19,18 +19,27 @@ def final_records(path: str):
     return last, [r for r in records if r['iter'] == last]
 
 
-def main(path: str = 'experiments/demo_MetaRDN/metrics.jsonl') -> int:
+def beats_bicubic(path: str, metric: str = 'psnr', higher_is_better: bool = True, unit: str = 'dB',
+                  what: str = 'the demo model') -> int:
+    """0 when ``metric`` of the last validation beats its ``<metric>_bicubic`` at every scale, else 1
+    (naming the scales); prints one line per record."""
     last, final = final_records(path)
     if not final:
         return 1
-    worse = [r['scale'] for r in final if not r['psnr'] > r['psnr_bicubic']]
     for r in final:
-        print(f"iter {last} {r['dataset']} x{r['scale'][0]:g} x {r['scale'][1]:g}: model {r['psnr']:.2f} dB, "
-              f"bicubic {r['psnr_bicubic']:.2f} dB ({r['psnr'] - r['psnr_bicubic']:+.2f})")
+        model, bicubic = r[metric], r[metric + '_bicubic']
+        print(f"iter {last} {r['dataset']} x{r['scale'][0]:.4g} x {r['scale'][1]:.4g}: {metric} model "
+              f"{model:.4f} {unit}, bicubic {bicubic:.4f} {unit} ({model - bicubic:+.4f})")
+    worse = [r['scale'] for r in final
+             if not (r[metric] > r[metric + '_bicubic'] if higher_is_better else r[metric] < r[metric + '_bicubic'])]
     if worse:
-        print(f'the demo model does not beat bicubic at {worse}', file=sys.stderr)
+        print(f'{what} does not beat bicubic in {metric} at {worse}', file=sys.stderr)
         return 1
     return 0
+
+
+def main(path: str = 'experiments/demo_MetaRDN/metrics.jsonl') -> int:
+    return beats_bicubic(path)
 
 
 if __name__ == '__main__':

@@ -239,7 +239,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for request, tag, out in path_jobs:
                 try:
                     upscale_gridded(net, str(path), request, device, str(out), args.var, parse_time_arg(args.time),
-                                    args.tile, args.tile_overlap, args.fp16)
+                                    args.tile, args.tile_overlap, args.fp16, args.bf16)
                     written += 1
                 except (ValueError, RuntimeError, KeyError, OSError, ImportError) as err:
                     failures.append((f'{path} [{tag}]', f'{type(err).__name__}: {err}'))

@@ -203,6 +203,12 @@ def test_infer_cli_writes_netcdf_with_output_grid(ncep, tmp_path):
         y = net(torch.from_numpy(x.astype(np.float32))[None], out_size=(145, 288))[0].numpy()
     np.testing.assert_allclose(out['vwnd'].values[0], y[1] * 3, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(out['uwnd'].values[0], y[0] * 12 + 10, rtol=1e-4, atol=1e-4)
+    # --bf16 reaches NetCDF inputs too: close to float32, but not equal (autocast really ran)
+    assert main([ncep, '--ckpt', str(ckpt), '--size', '145x288', '--time', '1970-11', '-o', str(tmp_path / 'bf'),
+                 '--quiet', '--device', 'cpu', '--bf16']) == 0
+    bf = xr.open_dataset(tmp_path / 'bf' / 'wind_145x288.nc')['vwnd'].values[0]
+    err = np.abs(bf - y[1] * 3).max() / np.abs(y[1] * 3).max()
+    assert 1e-4 < err < 3e-2, err  # float32 agrees to 1e-4 (above); bf16 keeps about 8 bits
     # wrong variables are refused with the trained ones named
     assert main([ncep, '--ckpt', str(ckpt), '--size', '145x288', '--var', 'vwnd', 'uwnd', '-o',
                  str(tmp_path / 'o2'), '--quiet', '--device', 'cpu']) == 1

@@ -271,7 +271,8 @@ def parse_time_arg(values: Optional[Sequence[str]]):
 
 
 def upscale_gridded(net, path: str, request, device, out_path: str, variables: Optional[Sequence[str]] = None,
-                    time_slice=None, tile: Optional[int] = None, tile_overlap: int = 0, fp16: bool = False) -> str:
+                    time_slice=None, tile: Optional[int] = None, tile_overlap: int = 0, fp16: bool = False,
+                    bf16: bool = False) -> str:
     """Upscale the chosen variables and time steps of one NetCDF/Zarr input and write them as NetCDF.
 
     Inputs are normalised with the checkpoint's ``normalization`` (``net.metasr_normalization``, recorded by
@@ -303,7 +304,7 @@ def upscale_gridded(net, path: str, request, device, out_path: str, variables: O
         x = (src.field(i) - offset[:, None, None]) / scale[:, None, None]
         x = torch.from_numpy(x.astype(np.float32))[None].to(device)
         y = run_network(net, x, value if kind == 'scale' else None, value if kind == 'size' else None, tile,
-                        tile_overlap, fp16)[0].cpu().numpy().astype(np.float64)
+                        tile_overlap, fp16, bf16)[0].cpu().numpy().astype(np.float64)
         y = y * scale[:, None, None] + offset[:, None, None]
         outs.append((y[:, ::-1] if src.flip else y).astype(np.float32))
     fields = np.stack(outs)

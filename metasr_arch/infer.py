@@ -45,9 +45,8 @@ from metasr_arch.archs.meta_upsample_arch import MODULE_IMPLS
 from metasr_arch.utils.amp import autocast_supported
 from metasr_arch.utils.checkpoint import load_network, network_channels, set_impl
 from metasr_arch.utils.gridded_io import is_gridded_path, parse_time_arg, upscale_gridded
-from metasr_arch.utils.inference import upscale_sample
+from metasr_arch.utils.inference import check_max_pixels, upscale_sample
 from metasr_arch.utils.naming import Request, parse_scale_text, parse_size_text, request_tag
-from metasr_arch.ops.geometry import resolve_scale
 from metasr_arch.utils.sample_io import ARRAY_EXTS, IMAGE_EXTS, output_suffix, read_sample, write_sample
 
 
@@ -125,18 +124,6 @@ def plan_outputs(files: Sequence[Path], requests: Sequence[Request], out_dir: Pa
                 planned[key] = where
                 jobs.setdefault(path, []).append((request, tag, out))
     return jobs, failures
-
-
-def check_max_pixels(sample_shape: Sequence[int], request: Request, max_pixels: Optional[int]) -> None:
-    """Refuse (ValueError) an output of more than ``max_pixels`` pixels (H*W) before it is computed."""
-    if max_pixels is None:
-        return
-    kind, value = request
-    spec = resolve_scale(sample_shape[-2], sample_shape[-1], value if kind == 'scale' else None,
-                         value if kind == 'size' else None)
-    if spec.out_h * spec.out_w > max_pixels:
-        raise ValueError(f'output {spec.out_h}x{spec.out_w} has {spec.out_h * spec.out_w} pixels, more than '
-                         f'--max-pixels {max_pixels}')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,7 +226,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for request, tag, out in path_jobs:
                 try:
                     upscale_gridded(net, str(path), request, device, str(out), args.var, parse_time_arg(args.time),
-                                    args.tile, args.tile_overlap, args.fp16, args.bf16)
+                                    args.tile, args.tile_overlap, args.fp16, args.bf16, args.max_pixels)
                     written += 1
                 except (ValueError, RuntimeError, KeyError, OSError, ImportError) as err:
                     failures.append((f'{path} [{tag}]', f'{type(err).__name__}: {err}'))

@@ -209,6 +209,10 @@ def test_infer_cli_writes_netcdf_with_output_grid(ncep, tmp_path):
     bf = xr.open_dataset(tmp_path / 'bf' / 'wind_145x288.nc')['vwnd'].values[0]
     err = np.abs(bf - y[1] * 3).max() / np.abs(y[1] * 3).max()
     assert 1e-4 < err < 3e-2, err  # float32 agrees to 1e-4 (above); bf16 keeps about 8 bits
+    # --max-pixels applies to NetCDF inputs as to images: refused, nothing written
+    assert main([ncep, '--ckpt', str(ckpt), '--size', '145x288', '--time', '1970-11', '-o', str(tmp_path / 'mp'),
+                 '--quiet', '--device', 'cpu', '--max-pixels', '40000']) == 1
+    assert not list((tmp_path / 'mp').glob('*.nc'))
     # wrong variables are refused with the trained ones named
     assert main([ncep, '--ckpt', str(ckpt), '--size', '145x288', '--var', 'vwnd', 'uwnd', '-o',
                  str(tmp_path / 'o2'), '--quiet', '--device', 'cpu']) == 1

@@ -272,7 +272,7 @@ def parse_time_arg(values: Optional[Sequence[str]]):
 
 def upscale_gridded(net, path: str, request, device, out_path: str, variables: Optional[Sequence[str]] = None,
                     time_slice=None, tile: Optional[int] = None, tile_overlap: int = 0, fp16: bool = False,
-                    bf16: bool = False) -> str:
+                    bf16: bool = False, max_pixels: Optional[int] = None) -> str:
     """Upscale the chosen variables and time steps of one NetCDF/Zarr input and write them as NetCDF.
 
     Inputs are normalised with the checkpoint's ``normalization`` (``net.metasr_normalization``, recorded by
@@ -283,10 +283,11 @@ def upscale_gridded(net, path: str, request, device, out_path: str, variables: O
     Args:
         request: ('scale', (r_v, r_h)) or ('size', (H, W)) as ``naming.parse_*_text`` give.
         variables: channels in the network's order (default: the checkpoint's normalisation variables).
+        max_pixels: refuse (ValueError) an output of more H*W pixels (the CLI's ``--max-pixels``).
     Returns:
         ``out_path``.
     """
-    from metasr_arch.utils.inference import run_network
+    from metasr_arch.utils.inference import check_max_pixels, run_network
     import torch
     norm = getattr(net, 'metasr_normalization', None) or {}
     variables = list(variables or norm.get('variables') or [])
@@ -302,6 +303,8 @@ def upscale_gridded(net, path: str, request, device, out_path: str, variables: O
     outs = []
     for i in range(len(src)):
         x = (src.field(i) - offset[:, None, None]) / scale[:, None, None]
+        if i == 0:  # every time step has the same grid
+            check_max_pixels(x.shape, request, max_pixels)
         x = torch.from_numpy(x.astype(np.float32))[None].to(device)
         y = run_network(net, x, value if kind == 'scale' else None, value if kind == 'size' else None, tile,
                         tile_overlap, fp16, bf16)[0].cpu().numpy().astype(np.float64)

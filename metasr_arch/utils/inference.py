@@ -1,5 +1,5 @@
 """Running a loaded network on one input: tiling, autocast, bicubic skip, channel adaptation."""
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -89,3 +89,15 @@ def upscale_sample(net: nn.Module, sample: Sample, request: Request, net_channel
     if sample.alpha is not None:
         alpha = imresize_to(sample.alpha, tuple(out.shape[-2:])).clamp_(0, 1)
     return out.cpu(), alpha
+
+
+def check_max_pixels(sample_shape: Sequence[int], request: Request, max_pixels: Optional[int]) -> None:
+    """Refuse (ValueError) an output of more than ``max_pixels`` pixels (H*W) before it is computed."""
+    if max_pixels is None:
+        return
+    kind, value = request
+    spec = resolve_scale(sample_shape[-2], sample_shape[-1], value if kind == 'scale' else None,
+                         value if kind == 'size' else None)
+    if spec.out_h * spec.out_w > max_pixels:
+        raise ValueError(f'output {spec.out_h}x{spec.out_w} has {spec.out_h * spec.out_w} pixels, more than '
+                         f'--max-pixels {max_pixels}')

@@ -115,6 +115,28 @@ def test_gridded_request_96x144_to_721x1440(tmp_path):
     assert rel_err(y, expected(net, torch.from_numpy(x), request)) < 1e-4
 
 
+def test_periodic_network_exports_with_its_wrap(tmp_path):
+    """A periodic_w network (the gridded case) exports with its wrapped head and periodic bicubic skip:
+    ONNX Runtime equals the network plus the periodic bicubic, at a non-integer and an exact request."""
+    import onnxruntime as ort
+    from metasr_arch.archs.periodic import imresize_periodic_w
+    net = tiny_net(channels=1, bicubic_skip=True, mean=0.25, periodic_w=True)
+    for i, request in enumerate([('scale', (2.5, 3.5)), ('size', (37, 50))]):
+        path = tmp_path / f'p{i}.onnx'
+        results = export_checked(net, freeze(net, request, (9, 12)), path, 'onnx', request, batch=1)
+        assert all(r.passed for r in results)
+        x = check_inputs((1, 1, 9, 12))[0][1]
+        y = ort.InferenceSession(str(path), providers=['CPUExecutionProvider']).run(None, {'lr': x})[0]
+        xt = torch.from_numpy(x)
+        with torch.no_grad():
+            kind, value = request
+            ref = net(xt, scale=value) if kind == 'scale' else net(xt, out_size=value)
+        ref = ref + imresize_periodic_w(xt, tuple(ref.shape[-2:]))
+        assert rel_err(y, ref) < 1e-4
+        # and not the zero-padded / mirrored one: the wrap matters at the edges
+        assert rel_err(y, expected(net, xt, request)) > 1e-3
+
+
 @pytest.mark.parametrize('fmt', ['torchscript', 'exported'])
 def test_torchscript_and_torch_export_equal_pytorch(tmp_path, fmt):
     net = tiny_net(seed=3)

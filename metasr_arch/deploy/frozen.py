@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metasr_arch.archs.meta_upsample_arch import MetaUpsample
+from metasr_arch.archs.periodic import pad_projection_w
 from metasr_arch.ops.geometry import AxisProjection, ScaleSpec, axis_projection, resolve_scale
 from metasr_arch.utils.naming import Request
 from metasr_arch.utils.resize import resize_matrix
@@ -209,7 +210,20 @@ def freeze_head(head: MetaUpsample, spec: ScaleSpec, in_size: Tuple[int, int],
         # float32 whatever the head's dtype: the table is the one constant every runtime reads
         head32 = copy.deepcopy(head).float().cpu()
         table = head32._phase_table(rows, cols, spec, torch.float32)
+    if head.periodic_w:
+        # as MetaUpsample does: the features arrive wrapped by k // 2 columns (FixedRequestSR pads
+        # them), and the column projection points into the wrapped map; phases are unchanged
+        pad = head.kernel_size // 2
+        _, cols = pad_projection_w(torch.empty(0, 0, 0, w), cols, pad)
+        in_size = (h, w + 2 * pad)
     return FrozenMetaHead(table, rows, cols, in_size, mode)
+
+
+def periodic_resize_matrix(in_len: int, out_len: int) -> torch.Tensor:
+    """(out_len, in_len) bicubic matrix of an axis that wraps around, as ``imresize_periodic_w`` resizes
+    along W: the matrix of the input tiled three times, middle third, its three copies folded."""
+    tiled = resize_matrix(3 * in_len, 3 * out_len, scale=out_len / in_len)[out_len:2 * out_len]
+    return tiled.reshape(out_len, 3, in_len).sum(dim=1)
 
 
 class FixedRequestSR(nn.Module):
@@ -226,21 +240,30 @@ class FixedRequestSR(nn.Module):
 
     def __init__(self, net: nn.Module, head: FrozenMetaHead, bicubic_skip: bool):
         super().__init__()
+        periodic = bool(getattr(net.upsample, 'periodic_w', False))
+        # a periodic head was frozen for features wrapped by this many columns (freeze_head)
+        self.head_pad = net.upsample.kernel_size // 2 if periodic else 0
         trunk = copy.deepcopy(net).float().cpu().eval()
         trunk.upsample = head  # Pos2Weight leaves the module: nothing of it is exported
         for name in ('mean_in', 'mean_out'):  # float64 buffers, cast at run time in the network
             setattr(trunk, name, getattr(trunk, name).float())
         self.net = trunk
         self.img_range = float(net.img_range)
-        self.in_size, self.out_size = head.in_size, head.out_size
+        self.in_size = (head.in_size[0], head.in_size[1] - 2 * self.head_pad)
+        self.out_size = head.out_size
         self.bicubic_skip = bool(bicubic_skip)
         if self.bicubic_skip:
-            (h, w), (out_h, out_w) = head.in_size, head.out_size
+            (h, w), (out_h, out_w) = self.in_size, head.out_size
             self.register_buffer('resize_v', resize_matrix(h, out_h).clone())
-            self.register_buffer('resize_h_t', resize_matrix(w, out_w).t().contiguous())
+            # the network's bicubic skip wraps along W when it is periodic (archs.periodic.bicubic_for)
+            resize_h = periodic_resize_matrix(w, out_w) if periodic else resize_matrix(w, out_w)
+            self.register_buffer('resize_h_t', resize_h.t().contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.net.upsample(self.net.forward_trunk(x)) / self.img_range + self.net.mean_out
+        feat = self.net.forward_trunk(x)
+        if self.head_pad:
+            feat = F.pad(feat, (self.head_pad, self.head_pad, 0, 0), mode='circular')
+        y = self.net.upsample(feat) / self.img_range + self.net.mean_out
         if self.bicubic_skip:
             y = y + torch.matmul(torch.matmul(self.resize_v, x), self.resize_h_t)
         return y

@@ -19,7 +19,6 @@ from typing import List, Optional
 
 import torch
 
-import metasr_arch  # noqa: F401  (plugin set-up before anything else)
 from metasr_arch.ops import native
 
 

@@ -26,7 +26,7 @@ Implementations:
   exactly a sub-pixel convolution), otherwise by a row-chunked gather-matmul.
 * ``cuda``: the native kernels of ``ops/meta_upscale`` (a later issue), when built.
 """
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -50,23 +50,45 @@ ROW_MODE_FACTOR = 5.0
 PIXEL_MODE_COST = 200.0
 # The conv strategy's transient output grows with its waste; above this it is not used.
 CONV_MAX_BYTES = 1 << 30
-# Optional native implementations register here: name -> (is_available(device) -> bool).
-_NATIVE_AVAILABILITY: Dict[str, Callable[[torch.device], bool]] = {}
-# ... and, optionally, name -> (trusted(device, dtype) -> bool): asked before 'auto' first hands the
-# native op a (device, dtype) (its run-time self-check); False makes 'auto' use the PyTorch path.
-_NATIVE_TRUST: Dict[str, Callable[[torch.device, torch.dtype], bool]] = {}
+class NativeBackend(NamedTuple):
+    """What a native implementation (the CUDA op of ``ops.native``) tells this module when it registers.
+
+    ``native`` imports this module, never the other way round: the operator asks the registered
+    callables instead, so the PyTorch paths have no dependency on the native build.
+    """
+    is_available: Callable[[torch.device], bool]  # may it run on this device?
+    trusted: Optional[Callable[[torch.device, torch.dtype], bool]]  # its self-check before 'auto' uses it
+    unavailable_reason: Callable[[torch.device], str]  # why not ('' when it can)
+    table_conv: Callable[..., torch.Tensor]  # phase_table_conv(x, table, rows, cols) natively
+
+
+# Optional native implementations register here: name -> NativeBackend.
+_NATIVE: Dict[str, NativeBackend] = {}
 
 
 def register_native_impl(name: str, is_available: Callable[[torch.device], bool],
-                         trusted: Optional[Callable[[torch.device, torch.dtype], bool]] = None) -> None:
+                         trusted: Optional[Callable[[torch.device, torch.dtype], bool]] = None,
+                         unavailable_reason: Optional[Callable[[torch.device], str]] = None,
+                         table_conv: Optional[Callable[..., torch.Tensor]] = None) -> None:
     """Let a native backend (the CUDA op) announce itself to ``available_impls`` and ``auto``.
 
     ``trusted(device, dtype)``, when given, is asked by ``resolve_impl`` (with a dtype) before 'auto'
     resolves to ``name``; it may warn and return False, and 'auto' then picks a PyTorch implementation.
+    ``unavailable_reason(device)`` explains a refusal; ``table_conv`` evaluates ``phase_table_conv``.
     """
-    _NATIVE_AVAILABILITY[name] = is_available
-    if trusted is not None:
-        _NATIVE_TRUST[name] = trusted
+    def not_given(*args, **kwargs):
+        raise RuntimeError(f'native implementation {name!r} registered no table_conv')
+
+    _NATIVE[name] = NativeBackend(is_available, trusted,
+                                  unavailable_reason or (lambda device: f'{name} is not available on {device}'),
+                                  table_conv or not_given)
+
+
+def native_backend(name: str) -> NativeBackend:
+    """The registered native backend ``name`` (KeyError naming the registered ones)."""
+    if name not in _NATIVE:
+        raise KeyError(f'no native implementation {name!r} is registered (registered: {sorted(_NATIVE)})')
+    return _NATIVE[name]
 
 
 def available_impls(device=None, api: str = 'functional') -> List[str]:
@@ -84,12 +106,12 @@ def available_impls(device=None, api: str = 'functional') -> List[str]:
     if api not in APIS:
         raise ValueError(f'api must be one of {tuple(APIS)}, got {api!r}')
     device = torch.device('cpu') if device is None else torch.device(device)
-    names = [name for name in APIS[api] if name != 'auto' and name not in _NATIVE_AVAILABILITY]
-    for name, is_available in _NATIVE_AVAILABILITY.items():
+    names = [name for name in APIS[api] if name != 'auto' and name not in _NATIVE]
+    for name, backend in _NATIVE.items():
         if name not in APIS[api]:
             continue
         try:
-            if is_available(device):
+            if backend.is_available(device):
                 names.append(name)
         except Exception:  # a broken native build must never break the PyTorch paths
             pass
@@ -404,13 +426,13 @@ def resolve_impl(impl: str, device: torch.device, allowed=FUNCTIONAL_IMPLS,
         fallback = 'phase' if 'phase' in allowed else 'gather'
         if 'cuda' not in usable:
             return fallback
-        trusted = _NATIVE_TRUST.get('cuda')
+        trusted = _NATIVE['cuda'].trusted
         if dtype is not None and trusted is not None and not trusted(torch.device(device), dtype):
             return fallback
         return 'cuda'
     if impl not in usable:
-        from . import native  # explains why the native op is unusable
-        raise RuntimeError(f"impl '{impl}' is not usable on {device}: {native.unavailable_reason(device)}")
+        reason = _NATIVE[impl].unavailable_reason(device) if impl in _NATIVE else 'not registered'
+        raise RuntimeError(f"impl '{impl}' is not usable on {device}: {reason}")
     return impl
 
 
@@ -443,8 +465,7 @@ def meta_upscale(x: torch.Tensor, weight: torch.Tensor, scale: ScaleArg = None, 
         return meta_upscale_im2col(x, weight, rows, cols, kernel_size)
     rows_px, cols_px = per_pixel_projection(rows), per_pixel_projection(cols)
     if impl == 'cuda':
-        from . import native
-        return native.table_conv(x, weight, rows_px, cols_px)
+        return _NATIVE['cuda'].table_conv(x, weight, rows_px, cols_px)
     return phase_table_conv(x, weight, rows_px, cols_px, mode='pixel')
 
 
@@ -454,5 +475,5 @@ def flops(n: int, c_in: int, c_out: int, out_h: int, out_w: int, kernel_size: in
 
 
 __all__ = ['meta_upscale', 'meta_upscale_im2col', 'phase_table_conv', 'choose_table_mode', 'available_impls',
-           'register_native_impl', 'per_pixel_projection', 'check_input', 'canonical_weight', 'resolve_impl', 'flops',
+           'register_native_impl', 'native_backend', 'NativeBackend', 'per_pixel_projection', 'check_input', 'canonical_weight', 'resolve_impl', 'flops',
            'FUNCTIONAL_IMPLS', 'MODULE_IMPLS']

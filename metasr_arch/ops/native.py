@@ -280,7 +280,10 @@ def is_available(device: torch.device) -> bool:
     return not reason
 
 
-register_native_impl('cuda', is_available, lambda device, dtype: trusted(device, dtype))
+# table_conv is defined below; the lambdas look it up at call time
+register_native_impl('cuda', is_available, lambda device, dtype: trusted(device, dtype),
+                     unavailable_reason=lambda device: unavailable_reason(device),
+                     table_conv=lambda *args: table_conv(*args))
 
 
 # ----------------------------------------------------------------------------------------------

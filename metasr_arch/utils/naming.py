@@ -2,10 +2,10 @@
 
 Used by the inference CLI, the data tools, the paired dataset and the model's validation records.
 """
-import re
 from typing import Tuple
 
 from metasr_arch.ops.geometry import parse_scale
+from metasr_arch.utils.numbers import NUMBER_FORMS, parse_int, parse_real, split_pair
 
 Request = Tuple[str, Tuple[float, float]]  # ('scale', (r_v, r_h)) or ('size', (H, W))
 
@@ -13,16 +13,19 @@ Request = Tuple[str, Tuple[float, float]]  # ('scale', (r_v, r_h)) or ('size', (
 def parse_scale_text(text: str, name: str = '--scale') -> Tuple[float, float]:
     """``'2.5'`` -> (2.5, 2.5); ``'2x3.5'`` -> (2.0, 3.5) (vertical x horizontal), each >= 1.
 
+    Numbers follow ``utils.numbers`` (no ``2_5``, no ``1,5``).
+
     Raises:
         ValueError naming ``name`` for malformed text or a scale below 1.
     """
-    parts = re.split(r'[xX,]', str(text).strip())
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        raise ValueError(f'{name} {text!r} is malformed: use a number (2.5) or r_v x r_h (2x3.5)') from None
-    if len(values) not in (1, 2):
-        raise ValueError(f'{name} {text!r} is malformed: use a number (2.5) or r_v x r_h (2x3.5)')
+    forms = 'a number (2.5) or r_v x r_h (2x3.5)'
+    parts = split_pair(text, name, forms)
+    values = []
+    for part in parts:
+        try:
+            values.append(parse_real(part, name))
+        except ValueError:
+            raise ValueError(f'{name} {text!r} is malformed: use {forms}; numbers are {NUMBER_FORMS}') from None
     try:
         return parse_scale(values[0] if len(values) == 1 else tuple(values))
     except (TypeError, ValueError) as err:
@@ -31,10 +34,14 @@ def parse_scale_text(text: str, name: str = '--scale') -> Tuple[float, float]:
 
 def parse_size_text(text: str, name: str = '--size') -> Tuple[int, int]:
     """``'721x1440'`` -> (721, 1440) (height x width), both positive integers."""
-    match = re.fullmatch(r'\s*(\d+)\s*[xX,]\s*(\d+)\s*', str(text))
-    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise ValueError(f'{name} {text!r} is malformed: use HEIGHTxWIDTH with positive integers, e.g. 721x1440')
-    return int(match.group(1)), int(match.group(2))
+    message = f'{name} {text!r} is malformed: use HEIGHTxWIDTH with positive integers, e.g. 721x1440'
+    try:
+        parts = split_pair(text, name, 'HEIGHTxWIDTH')
+        if len(parts) != 2:
+            raise ValueError(message)
+        return parse_int(parts[0], name, 1), parse_int(parts[1], name, 1)
+    except ValueError:
+        raise ValueError(message) from None
 
 
 def _fmt(r: float) -> str:

@@ -21,7 +21,7 @@ import metasr_arch  # noqa: F401  (registers the archs and aliases functional_te
 
 from metasr_arch.deploy.export import DEFAULT_OPSET, FORMATS, ONNX_EXPORTERS, SUFFIXES, export_checked
 from metasr_arch.deploy.frozen import MODES, freeze
-from metasr_arch.utils.checkpoint import load_network
+from metasr_arch.inference.checkpoint import load_network
 from metasr_arch.utils.naming import Request, parse_scale_text, parse_size_text, request_tag
 
 

@@ -43,9 +43,10 @@ import torch
 
 from metasr_arch.archs.meta_upsample_arch import MODULE_IMPLS
 from metasr_arch.utils.amp import autocast_supported
-from metasr_arch.utils.checkpoint import load_network, network_channels, set_impl
-from metasr_arch.utils.gridded_io import is_gridded_path, parse_time_arg, upscale_gridded
-from metasr_arch.utils.inference import check_max_pixels, upscale_sample
+from metasr_arch.inference.checkpoint import load_network, network_channels, set_impl
+from metasr_arch.inference.gridded import upscale_gridded
+from metasr_arch.utils.gridded_io import is_gridded_path, parse_time_arg
+from metasr_arch.inference.runner import check_max_pixels, upscale_sample
 from metasr_arch.utils.naming import Request, parse_scale_text, parse_size_text, request_tag
 from metasr_arch.utils.sample_io import ARRAY_EXTS, IMAGE_EXTS, output_suffix, read_sample, write_sample
 

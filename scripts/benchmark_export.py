@@ -28,8 +28,8 @@ import yaml
 from metasr_arch.deploy.export import export_checked
 from metasr_arch.deploy.frozen import freeze
 from metasr_arch.utils.bench import report
-from metasr_arch.utils.checkpoint import build_and_load
-from metasr_arch.utils.inference import run_network
+from metasr_arch.inference.checkpoint import build_and_load
+from metasr_arch.inference.runner import run_network
 
 REPO = Path(__file__).resolve().parent.parent
 

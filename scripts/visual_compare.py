@@ -33,8 +33,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data'))
 from generate_multiscale_lr import make_lr  # noqa: E402  (the data convention, in one place)
 
-from metasr_arch.utils.checkpoint import load_network  # noqa: E402
-from metasr_arch.utils.inference import run_network  # noqa: E402
+from metasr_arch.inference.checkpoint import load_network  # noqa: E402
+from metasr_arch.inference.runner import run_network  # noqa: E402
 from metasr_arch.utils.naming import parse_scale_text, scale_tag  # noqa: E402
 from metasr_arch.utils.sample_io import read_sample  # noqa: E402
 from metasr_arch.ops.geometry import axis_projection, resolve_scale  # noqa: E402

@@ -12,7 +12,7 @@ from metasr_arch.models.metasr_gan_model import MetaSRGANModel
 from metasr_arch.models.metasr_model import MetaSRModel
 from metasr_arch.ops.geometry import axis_projection, resolve_scale
 from metasr_arch.utils.amp import amp_dtype, autocast_supported, parse_compile
-from metasr_arch.utils.inference import run_network
+from metasr_arch.inference.runner import run_network
 from reference import naive_meta_upscale
 from test_training import NET, make_opt
 

@@ -291,8 +291,8 @@ def test_driver_end_to_end_and_resume(tmp_path):
     assert keys == sorted([('meta_x2', (2.0, 2.0)), ('meta_x2', (3.0, 2.0)), ('fixed_x2', (2.0, 2.0)),
                            ('bicubic', (2.0, 2.0)), ('bicubic', (3.0, 2.0))])
     # independent re-evaluation at x2: LR = imresize of the GT crop, 8-bit; bicubic_skip as trained
-    from metasr_arch.utils.checkpoint import load_network
-    from metasr_arch.utils.inference import run_network
+    from metasr_arch.inference.checkpoint import load_network
+    from metasr_arch.inference.runner import run_network
     net = load_network(ckpt=str(out / 'experiments' / 'fixed_x2' / 'models' / 'net_g_latest.pth'))
     assert net.metasr_bicubic_skip
     val = sorted((tmp_path / 'datasets' / 'demo' / 'val').glob('*.png'))

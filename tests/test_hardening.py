@@ -17,7 +17,7 @@ from torch import nn
 
 from metasr_arch.archs import MetaUpsample
 from metasr_arch.archs.metardn_arch import MetaRDN
-from metasr_arch.archs.metasr_base import OptionError, check_network_options
+from metasr_arch.utils.options import OptionError, check_network_options
 from metasr_arch.infer import main as infer_main
 from metasr_arch.ops import meta_upscale
 from metasr_arch.utils import atomic
@@ -92,7 +92,7 @@ def _model_load_network(path):
 
 
 def _infer_load(path):
-    from metasr_arch.utils.checkpoint import load_network
+    from metasr_arch.inference.checkpoint import load_network
     load_network(None, str(path))
 
 

@@ -278,7 +278,7 @@ def test_tile_options_reach_tiled_forward(tmp_path, ckpt, monkeypatch):
         calls.append((tuple(x.shape), scale, out_size, tile, overlap))
         return net(x, scale=scale, out_size=out_size)
 
-    monkeypatch.setitem(sys.modules, 'metasr_arch.utils.tiling',
+    monkeypatch.setitem(sys.modules, 'metasr_arch.inference.tiling',
                         types.SimpleNamespace(tiled_forward=fake_tiled_forward))
     cv2.imwrite(str(tmp_path / 'a.png'), rgb_image(9, 10))
     assert run_cli(tmp_path / 'a.png', '--ckpt', ckpt, '--scale', '2x3', '--size', '20x21', '--tile', '6',
@@ -289,7 +289,7 @@ def test_tile_options_reach_tiled_forward(tmp_path, ckpt, monkeypatch):
 
 
 def test_tiled_inference_matches_whole_image(tmp_path, ckpt):
-    pytest.importorskip('metasr_arch.utils.tiling', reason='tiled_forward not merged yet')
+    pytest.importorskip('metasr_arch.inference.tiling', reason='tiled_forward not merged yet')
     img = rgb_image(24, 20)
     cv2.imwrite(str(tmp_path / 'a.png'), img)
     assert run_cli(tmp_path / 'a.png', '--ckpt', ckpt, '--scale', '2.5', '-o', tmp_path / 'whole') == 0
@@ -325,8 +325,8 @@ def test_module_and_script_entry_points(tmp_path, ckpt):
 def test_bicubic_skip_checkpoint_adds_bicubic(tmp_path):
     """A checkpoint saved with bicubic_skip (MetaSRModel option) gets the same skip at inference."""
     import torch
-    from metasr_arch.utils.checkpoint import load_network
-    from metasr_arch.utils.inference import run_network
+    from metasr_arch.inference.checkpoint import load_network
+    from metasr_arch.inference.runner import run_network
     from metasr_arch.utils.resize import imresize_to
     net_opt = {'type': 'MetaRDN', 'num_feat': 8, 'num_block': 1, 'num_layer': 1, 'num_grow_ch': 4,
                'hidden_channels': 8}

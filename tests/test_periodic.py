@@ -104,7 +104,7 @@ def test_periodic_w_must_be_bool():
 
 
 def test_tiled_periodic_network_tiles_rows_only():
-    from metasr_arch.utils.tiling import tiled_forward
+    from metasr_arch.inference.tiling import tiled_forward
     periodic, _ = twins('rdn')
     x = field(16, 12)
     with torch.no_grad():
@@ -131,7 +131,7 @@ def test_periodic_bicubic_wraps_columns(size):
 
 
 def test_bicubic_skip_is_periodic_in_inference():
-    from metasr_arch.utils.inference import run_network
+    from metasr_arch.inference.runner import run_network
     periodic, _ = twins('rdn')
     periodic.metasr_bicubic_skip = True
     x = field(6, 8)

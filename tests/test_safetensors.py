@@ -8,7 +8,8 @@ import torch
 import yaml
 
 from metasr_arch.models.metasr_model import MetaSRModel
-from metasr_arch.utils.checkpoint import load_checkpoint, load_network
+from metasr_arch.utils.checkpoint import load_checkpoint
+from metasr_arch.inference.checkpoint import load_network
 from metasr_arch.utils.safetensors_ckpt import (checkpoint_to_bytes, is_safetensors_file, load_safetensors_checkpoint,
                                                 read_network_checkpoint, save_safetensors_checkpoint)
 from test_training import NET, REPO, make_opt, tiny_demo_opt

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from metasr_arch.archs.meta_upsample_arch import MetaUpsample
-from metasr_arch.utils.tiling import supports_feature_tiling, tiled_forward
+from metasr_arch.inference.tiling import supports_feature_tiling, tiled_forward
 
 
 class ConvTrunkNet(nn.Module):

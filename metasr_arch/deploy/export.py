@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from metasr_arch.utils.checkpoint import network_channels
-from metasr_arch.utils.inference import run_network
+from metasr_arch.inference.checkpoint import network_channels
+from metasr_arch.inference.runner import run_network
 from metasr_arch.utils.naming import Request
 from metasr_arch.utils.resize import imresize_np
 

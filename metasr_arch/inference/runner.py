@@ -38,7 +38,7 @@ def run_network(net: nn.Module, x: torch.Tensor, scale=None, out_size=None, tile
     # across calls, and a tensor created under inference_mode would break later training in the process.
     with torch.no_grad(), autocast(x, dtype):
         if tile:
-            from metasr_arch.utils.tiling import tiled_forward
+            from metasr_arch.inference.tiling import tiled_forward
             y = tiled_forward(net, x, scale=scale, out_size=out_size, tile=tile, overlap=tile_overlap)
         else:
             y = net(x, scale=scale, out_size=out_size)

@@ -25,6 +25,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import nn
 
+from metasr_arch.archs.meta_upsample_arch import MetaUpsample
 from metasr_arch.ops.geometry import ScaleArg, SizeArg, axis_projection, resolve_scale
 
 
@@ -45,7 +46,6 @@ def _split(net: nn.Module) -> Optional[Tuple[Callable, Callable]]:
     """(trunk, head) of ``net`` for feature tiling, or None when it exposes neither interface."""
     if callable(getattr(net, 'forward_head', None)) and callable(getattr(net, 'forward_features', None)):
         return net.forward_features, net.forward_head
-    from metasr_arch.archs.meta_upsample_arch import MetaUpsample
     if callable(getattr(net, 'forward_trunk', None)) and isinstance(getattr(net, 'upsample', None), MetaUpsample):
 
         def head(feat, x, scale=None, out_size=None):  # MetaSRNet.forward without the trunk

@@ -47,7 +47,7 @@ from metasr_arch.utils.naming import scale_tag
 from metasr_arch.utils.registry import register
 from metasr_arch.utils.safetensors_ckpt import read_network_checkpoint, save_safetensors_checkpoint
 from metasr_arch.utils.scale_sampler import build_scale_sampler, parse_scale_list
-from metasr_arch.utils.tiling import tiled_forward
+from metasr_arch.inference.tiling import tiled_forward
 
 Scale = Tuple[float, float]
 DEFAULT_METRICS = OrderedDict([

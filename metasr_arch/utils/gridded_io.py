@@ -1,6 +1,6 @@
 """Reading and writing gridded NetCDF/Zarr fields with xarray (the optional ``geo`` extra).
 
-Shared by ``MetaSRXarrayDataset`` and the inference CLI. xarray is imported lazily, so the image
+Shared by ``MetaSRXarrayDataset`` and the inference package (``metasr_arch.inference.gridded``). xarray is imported lazily, so the image
 path never needs it.
 
 Conventions (``docs/gridded.md``):
@@ -17,6 +17,8 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from metasr_arch.utils.moved import moved_names
 
 LAT_NAMES = ('latitude', 'lat', 'y')
 LON_NAMES = ('longitude', 'lon', 'x')
@@ -270,52 +272,5 @@ def parse_time_arg(values: Optional[Sequence[str]]):
     raise ValueError(f'--time takes one label/position or a START STOP pair, got {list(values)}')
 
 
-def upscale_gridded(net, path: str, request, device, out_path: str, variables: Optional[Sequence[str]] = None,
-                    time_slice=None, tile: Optional[int] = None, tile_overlap: int = 0, fp16: bool = False,
-                    bf16: bool = False, max_pixels: Optional[int] = None) -> str:
-    """Upscale the chosen variables and time steps of one NetCDF/Zarr input and write them as NetCDF.
-
-    Inputs are normalised with the checkpoint's ``normalization`` (``net.metasr_normalization``, recorded by
-    MetaSRModel) and outputs denormalised, so both are in physical units. The network sees rows north
-    up; output rows keep the input's order. Coordinates follow the module docstring; the variables' and
-    coordinates' attributes and the global attributes are copied.
-
-    Args:
-        request: ('scale', (r_v, r_h)) or ('size', (H, W)) as ``naming.parse_*_text`` give.
-        variables: channels in the network's order (default: the checkpoint's normalisation variables).
-        max_pixels: refuse (ValueError) an output of more H*W pixels (the CLI's ``--max-pixels``).
-    Returns:
-        ``out_path``.
-    """
-    from metasr_arch.utils.inference import check_max_pixels, run_network
-    import torch
-    norm = getattr(net, 'metasr_normalization', None) or {}
-    variables = list(variables or norm.get('variables') or [])
-    if not variables:
-        raise ValueError('--var is required: the checkpoint records no variables (it was not trained on '
-                         'MetaSRXarrayDataset)')
-    if norm.get('variables') and list(norm['variables']) != variables:
-        raise ValueError(f'--var {variables} differs from the variables the network was trained on, '
-                         f'{norm["variables"]} (same names, same order)')
-    src = GriddedSource(path, variables, time_slice, option='input')
-    offset, scale = normalization_affine(norm) if norm else (np.zeros(len(variables)), np.ones(len(variables)))
-    kind, value = request
-    outs = []
-    for i in range(len(src)):
-        x = (src.field(i) - offset[:, None, None]) / scale[:, None, None]
-        if i == 0:  # every time step has the same grid
-            check_max_pixels(x.shape, request, max_pixels)
-        x = torch.from_numpy(x.astype(np.float32))[None].to(device)
-        y = run_network(net, x, value if kind == 'scale' else None, value if kind == 'size' else None, tile,
-                        tile_overlap, fp16, bf16)[0].cpu().numpy().astype(np.float64)
-        y = y * scale[:, None, None] + offset[:, None, None]
-        outs.append((y[:, ::-1] if src.flip else y).astype(np.float32))
-    fields = np.stack(outs)
-    out_lat, out_lon = output_coords(src.lat, src.lon, fields.shape[-2], fields.shape[-1])
-    ds = src.datasets[0]
-    times = [src.time_value(i) for i in range(len(src))]
-    write_netcdf(out_path, fields, variables, out_lat[::-1] if src.flip else out_lat, out_lon, src.lat_name,
-                 src.lon_name, None if times[0] is None else np.asarray(times), attrs=ds.attrs,
-                 var_attrs={v: ds[v].attrs for v in variables},
-                 coord_attrs={c: ds[c].attrs for c in (src.lat_name, src.lon_name) if c in ds.coords})
-    return out_path
+# moved up to metasr_arch.inference.gridded (it runs a network)
+__getattr__ = moved_names(__name__, {'upscale_gridded': 'metasr_arch.inference.gridded'})

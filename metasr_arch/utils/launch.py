@@ -17,12 +17,13 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-import metasr_arch  # noqa: F401  (registers the plugin before BasicSR builds anything)
+from metasr_arch.utils.checkpoint import err_detail
+from metasr_arch.utils.options import OptionError, check_network_sections
 
-# The archs (metasr_base, utils.checkpoint) are imported inside the functions that need them: a fork
-# patched by scripts/install_into_basicsr_fork.py imports this module from its basicsr/__init__ (through
-# train.py and test.py), which can run while metasr_arch's own archs are half imported; importing them
-# here would then fail with a circular import (tests/test_training_fork.py).
+# No arch is imported here (the ground floor): a fork patched by scripts/install_into_basicsr_fork.py
+# imports this module from its basicsr/__init__ (through train.py and test.py), which can run while
+# metasr_arch's own archs are half imported (tests/test_training_fork.py). Importing this module runs
+# metasr_arch/__init__ first, which registers the plugin.
 
 
 def _cpu_aware_init_dist(original: Callable) -> Callable:
@@ -89,8 +90,6 @@ def patch_load_resume_state() -> None:
     onto the CPU (BasicSR maps it onto ``torch.cuda.current_device()``, which fails there).
     """
     import basicsr.train as train
-    from metasr_arch.archs.metasr_base import OptionError
-    from metasr_arch.utils.checkpoint import err_detail
     if getattr(train.load_resume_state, '_metasr_patched', False):
         return
     original = train.load_resume_state
@@ -127,7 +126,6 @@ def patch_parse_options() -> None:
     """
     import basicsr.test as test
     import basicsr.train as train
-    from metasr_arch.archs.metasr_base import check_network_sections
     for module in (train, test):
         if getattr(module.parse_options, '_metasr_patched', False):
             continue
@@ -153,7 +151,6 @@ def run_pipeline(pipeline: Callable[[str], None], argv: Optional[Sequence[str]] 
     Every ``torch.load`` in the pipeline reads weights only; problems of the whole run (an unknown
     network option, a refused resume state) end with ``error: ...`` and exit status 2.
     """
-    from metasr_arch.archs.metasr_base import OptionError
     if argv is not None:
         sys.argv = [sys.argv[0]] + list(argv)
     patch_init_dist()

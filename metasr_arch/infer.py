@@ -64,14 +64,12 @@ def _earlier_output(path: Path, stems: Set[str]) -> bool:
     return any(base in stems for base in tagged_bases(path.stem))
 
 
-def collect_inputs(paths: Sequence[str], tags: Sequence[str] = ()) -> Tuple[List[Path], List[Tuple[str, str]],
-                                                                           List[Path]]:
+def collect_inputs(paths: Sequence[str]) -> Tuple[List[Path], List[Tuple[str, str]], List[Path]]:
     """Expand files and folders (non-recursive) into input files; missing paths become failures.
 
     In folders, a file named ``<stem>_<tag>.<ext>`` beside a file ``<stem>.*``, with ``<tag>`` any tag
     this command writes (``X2.50``, ``X2.00_X3.50``, ``721x1440``; whatever this run's scales), is what an
     earlier run wrote there: it is skipped, not upscaled again. Files named explicitly are always taken.
-    ``tags`` is kept for callers of the former signature; the rule no longer depends on it.
 
     Returns:
         (inputs, failures (path, reason), skipped earlier outputs).
@@ -214,8 +212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    tags = [request_tag(r) for r in requests]
-    files, failures, skipped = collect_inputs(args.inputs, tags)
+    files, failures, skipped = collect_inputs(args.inputs)
     out_dir = Path(args.output)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

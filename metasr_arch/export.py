@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence
 import metasr_arch  # noqa: F401  (registers the archs and aliases functional_tensor before basicsr)
 
 from metasr_arch.deploy.export import (DEFAULT_OPSET, FORMATS, ONNX_EXPORTERS, SUFFIXES, OutputFileError,
-                                       check_output_path, export_checked, opset_range)
+                                       check_opset, check_output_path, export_checked)
 from metasr_arch.deploy.frozen import MODES, freeze
 from metasr_arch.inference.checkpoint import load_network
 from metasr_arch.utils.naming import Request, parse_scale_text, parse_size_text, request_tag
@@ -80,9 +80,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         in_size = parse_size_text(args.input_size, '--input-size')
         if args.batch < 1:
             raise ValueError(f'--batch must be >= 1, got {args.batch}')
-        if args.format == 'onnx' and not opset_range()[0] <= args.opset <= opset_range()[1]:
-            raise ValueError(f'--opset {args.opset}: torch exports ONNX opsets {opset_range()[0]} to '
-                             f'{opset_range()[1]}')
+        if args.format == 'onnx':
+            check_opset(args.opset)
         paths = output_paths(args.output, args.format, requests)
         if any(p.resolve() == Path(args.ckpt).resolve() for p in paths):
             raise ValueError(f'-o {args.output} would overwrite the checkpoint --ckpt {args.ckpt}')

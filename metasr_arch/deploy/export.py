@@ -39,6 +39,14 @@ def opset_range() -> Tuple[int, int]:
         return 7, 23
 
 
+def check_opset(opset) -> int:
+    """Return ``opset`` when torch exports it (``opset_range``), else raise ValueError naming ``--opset``."""
+    lo, hi = opset_range()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not lo <= opset <= hi:
+        raise ValueError(f'--opset {opset!r}: torch {torch.__version__} exports ONNX opsets {lo} to {hi}')
+    return opset
+
+
 class OutputFileError(ValueError):
     """An export output that cannot or may not be written: a folder, an existing file, a read-only
     folder, a full disk. The message names the path."""
@@ -203,9 +211,8 @@ def export_checked(net: nn.Module, model: nn.Module, path: Path, fmt: str, reque
         written (full disk, read-only folder); ValueError for an opset outside ``opset_range``.
     """
     path = Path(path)
-    lo, hi = opset_range()
-    if fmt == 'onnx' and (isinstance(opset, bool) or not isinstance(opset, int) or not lo <= opset <= hi):
-        raise ValueError(f'--opset {opset!r}: torch {torch.__version__} exports ONNX opsets {lo} to {hi}')
+    if fmt == 'onnx':
+        check_opset(opset)
     h, w = model.in_size
     shape = (batch, network_channels(model.net), h, w)
     tmp = _tmp_path(path)

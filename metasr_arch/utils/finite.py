@@ -7,6 +7,7 @@ design (``metasr_arch.inference.gridded``).
 """
 from typing import Mapping
 
+import numpy as np
 import torch
 
 NAN_POLICIES = ('error', 'propagate')
@@ -25,7 +26,9 @@ def nonfinite_summary(t: torch.Tensor) -> str:
     if not count:
         return ''
     nan = int(torch.isnan(t).sum())
-    first = tuple(int(i) for i in bad.nonzero()[0]) if t.dim() else ()
+    # argmax of the mask is the first bad value (nonzero() would list all of them)
+    index = int(bad.flatten().to(torch.uint8).argmax())
+    first = tuple(int(i) for i in np.unravel_index(index, tuple(t.shape))) if t.dim() else ()
     return f'{nan} NaN and {count - nan} inf of {t.numel()} values, first at {first}'
 
 

@@ -11,15 +11,27 @@ from basicsr.utils.registry import METRIC_REGISTRY
 from metasr_arch.metrics import latitude_weights, weighted_errors
 
 
-def reference(a: np.ndarray, b: np.ndarray, lats_deg) -> dict:
-    """Written out with loops: sum_i cos(lat_i) e_i / sum_i cos(lat_i) per channel (= mean with weights of mean 1)."""
+def cell_area(lats_deg, i) -> float:
+    """Area of row i's cell on the unit sphere per radian of longitude: between the latitudes halfway to the
+    neighbouring rows (half a spacing beyond an end row), clipped to the poles."""
+    n = len(lats_deg)
+    lo = lats_deg[i] - (lats_deg[1] - lats_deg[0]) / 2 if i == 0 else (lats_deg[i - 1] + lats_deg[i]) / 2
+    hi = lats_deg[i] + (lats_deg[-1] - lats_deg[-2]) / 2 if i == n - 1 else (lats_deg[i] + lats_deg[i + 1]) / 2
+    lo, hi = (max(-90.0, min(90.0, v)) for v in (lo, hi))
+    return abs(math.sin(math.radians(hi)) - math.sin(math.radians(lo)))
+
+
+def reference(a: np.ndarray, b: np.ndarray, lats_deg, mask=None) -> dict:
+    """Written out with loops: sum cell_area_i e_ij / sum cell_area_i over the valid points, per channel."""
     h, w, c = a.shape
     out = {'rmse': [], 'mae': [], 'bias': []}
     for ch in range(c):
         num_sq = num_abs = num = den = 0.0
         for i in range(h):
-            cw = max(math.cos(math.radians(lats_deg[i])), 0.0)
+            cw = cell_area(list(lats_deg), i)
             for j in range(w):
+                if mask is not None and not mask[i, j, ch]:
+                    continue
                 d = a[i, j, ch] - b[i, j, ch]
                 num_sq += cw * d * d
                 num_abs += cw * abs(d)
@@ -38,11 +50,14 @@ def fields(h=19, w=12, c=3, seed=0):
     return pred, truth
 
 
-def test_weights_have_mean_one_and_follow_cosine():
+def test_weights_are_cell_areas_with_mean_one():
     wts = latitude_weights(721)
     assert wts.mean() == pytest.approx(1.0, abs=1e-12)
-    assert wts[0] == pytest.approx(0.0, abs=1e-12) and wts[-1] == pytest.approx(0.0, abs=1e-12)
+    # away from the poles cell areas follow cos(latitude); a pole row keeps its small cap (not 0)
     assert wts[360] / wts[120] == pytest.approx(1 / math.cos(math.radians(60)), rel=1e-12)
+    cap = 1 - math.sin(math.radians(90 - 0.125))
+    assert wts[0] / wts[360] == pytest.approx(cap / (2 * math.sin(math.radians(0.125))), rel=1e-9)
+    assert wts[-1] == pytest.approx(wts[0], rel=1e-12)
 
 
 def test_default_grid_is_90_to_minus_90():

@@ -405,7 +405,7 @@ class GriddedSource:
                     raise OptionError(f'{text}: not a time label of {self.paths[k]} ({err})') from None
                 chosen.extend((k, t) for t in range(ds.sizes['time'])[pos])
         if not chosen:
-            raise OptionError(f'{text} selects no time step of {self.paths} (the data cover {self._covered()})')
+            raise OptionError(f'{text} selects no time step (the data cover {self._covered()})')
         if outside:
             k0, t0 = chosen[0]
             k1, t1 = chosen[-1]

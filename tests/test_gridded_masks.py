@@ -283,3 +283,90 @@ def test_dataset_option_error_exits_2_without_traceback(tmp_path):
     assert run.returncode == 2, run.stderr[-2000:]
     assert "error: datasets.tr.variables: ['sts'] are not variables of" in run.stderr
     assert 'Traceback' not in run.stderr
+
+
+def write_cf_file(path):
+    """A regional-model-like file: 360-day calendar with time bounds, a rotated-pole grid mapping, a scalar
+    height coordinate, lat/lon bounds, one variable packed in int16 and one float32 with missing_value."""
+    cftime = pytest.importorskip('cftime')
+    times = [cftime.Datetime360Day(2050, m, 16) for m in (1, 2, 3)]
+    tb = np.array([[cftime.Datetime360Day(2050, m, 1), cftime.Datetime360Day(2050, m + 1, 1)] for m in (1, 2, 3)])
+    lat = 40.0 + 2.0 * np.arange(6)
+    lon = -10.0 + 2.0 * np.arange(8)
+    rng = np.random.default_rng(3)
+    tas = 280 + 5 * rng.random((3, 6, 8))
+    pr = rng.random((3, 6, 8)).astype(np.float32)
+    pr[:, 0, 0] = np.nan
+    ds = xr.Dataset(
+        {'tas': (('time', 'lat', 'lon'), tas, {'units': 'K', 'standard_name': 'air_temperature',
+                                               'long_name': 'Near-surface air temperature', 'grid_mapping': 'crs',
+                                               'cell_methods': 'time: mean'}),
+         'pr': (('time', 'lat', 'lon'), pr, {'units': 'kg m-2 s-1', 'standard_name': 'precipitation_flux',
+                                             'grid_mapping': 'crs'}),
+         'crs': ((), np.int32(0), {'grid_mapping_name': 'rotated_latitude_longitude',
+                                   'grid_north_pole_latitude': 39.25, 'grid_north_pole_longitude': -162.0}),
+         'time_bnds': (('time', 'bnds'), tb),
+         'lat_bnds': (('lat', 'bnds'), np.stack([lat - 1, lat + 1], 1)),
+         'lon_bnds': (('lon', 'bnds'), np.stack([lon - 1, lon + 1], 1))},
+        coords={'time': ('time', times, {'axis': 'T', 'bounds': 'time_bnds', 'standard_name': 'time'}),
+                'lat': ('lat', lat, {'units': 'degrees_north', 'standard_name': 'latitude', 'axis': 'Y',
+                                     'bounds': 'lat_bnds'}),
+                'lon': ('lon', lon, {'units': 'degrees_east', 'standard_name': 'longitude', 'axis': 'X',
+                                     'bounds': 'lon_bnds'}),
+                'height': ((), 2.0, {'units': 'm', 'standard_name': 'height', 'positive': 'up', 'axis': 'Z'})},
+        attrs={'Conventions': 'CF-1.8', 'institution': 'test', 'history': 'made by the test'})
+    enc = {'time': {'units': 'days since 2050-01-01', 'calendar': '360_day', 'dtype': 'float64'},
+           'time_bnds': {'units': 'days since 2050-01-01', 'calendar': '360_day'},
+           'tas': {'dtype': 'int16', 'scale_factor': 0.01, 'add_offset': 280.0, '_FillValue': np.int16(-32767)},
+           'pr': {'dtype': 'float32', 'missing_value': np.float32(1e20)}}
+    ds.to_netcdf(path, encoding=enc)
+    return path
+
+
+def test_cf_round_trip_keeps_the_documented_metadata(tmp_path):
+    """The attributes docs/gridded.md lists survive upscaling; times decode to the same 360-day dates; bounds are
+    recomputed as independent midpoints; cf_xarray finds the axes, coordinates, bounds and grid mapping."""
+    cf_xarray = pytest.importorskip('cf_xarray')  # noqa: F841 (registers the .cf accessor)
+    src_path = write_cf_file(tmp_path / 'rcm.nc')
+    net_opt = {'type': 'MetaRDN', 'num_in_ch': 2, 'num_out_ch': 2, 'num_feat': 8, 'num_block': 1, 'num_layer': 2,
+               'num_grow_ch': 4, 'hidden_channels': 8, 'img_range': 1.0, 'mean': 0.0}
+    torch.manual_seed(0)
+    net = MetaRDN(**{k: v for k, v in net_opt.items() if k != 'type'})
+    ckpt = tmp_path / 'n.pth'
+    torch.save({'params': net.state_dict(), 'network_opt': net_opt, 'normalization': {
+        'type': 'mean_std', 'variables': ['tas', 'pr'], 'mean': [282.5, 0.5], 'std': [1.5, 0.3]}}, ckpt)
+    assert infer_main([str(src_path), '--ckpt', str(ckpt), '--size', '11x15', '-o', str(tmp_path / 'o'),
+                       '--quiet', '--device', 'cpu']) == 0
+    src = xr.open_dataset(src_path)
+    out = xr.open_dataset(tmp_path / 'o' / 'rcm_11x15.nc')
+    for v in ('tas', 'pr', 'crs', 'lat', 'lon', 'time', 'height'):
+        assert out[v].attrs == src[v].attrs, v
+    assert {k: v for k, v in out.attrs.items() if k != 'history'} == \
+        {k: v for k, v in src.attrs.items() if k != 'history'}
+    assert out.attrs['history'].endswith('\nmade by the test') and 'metasr_arch' in out.attrs['history']
+    # time: same 360-day dates, calendar and units; the bounds of the chosen steps
+    assert list(out['time'].values) == list(src['time'].values)
+    assert out['time'].encoding['calendar'] == '360_day' and out['time'].encoding['units'] == 'days since 2050-01-01'
+    assert (out['time_bnds'].values == src['time_bnds'].values).all()
+    # storage: tas keeps its int16 packing and fill value (the values fit), pr its float32 and missing_value
+    raw = xr.open_dataset(tmp_path / 'o' / 'rcm_11x15.nc', decode_cf=False)
+    assert raw['tas'].dtype == np.int16 and raw['tas'].attrs['scale_factor'] == 0.01
+    assert raw['tas'].attrs['_FillValue'] == -32767 and raw['tas'].attrs['add_offset'] == 280.0
+    assert raw['pr'].dtype == np.float32 and raw['pr'].attrs['missing_value'] == np.float32(1e20)
+    assert raw['pr'].attrs['_FillValue'] == np.float32(1e20) and raw['pr'].values[0, 0, 0] == np.float32(1e20)
+    assert np.isnan(out['pr'].values[:, 0, 0]).all() and np.isfinite(out['tas'].values).all()
+    assert '_FillValue' not in raw['lat'].attrs and '_FillValue' not in raw['time'].attrs
+    # regional grid: both ends kept; bounds are the midpoints between the new centres, half a step at the ends
+    lat = 40.0 + np.arange(11) * 1.0
+    lon = -10.0 + np.arange(15) * 1.0
+    np.testing.assert_allclose(out['lat'].values, lat, rtol=1e-12)
+    np.testing.assert_allclose(out['lon'].values, lon, rtol=1e-12)
+    np.testing.assert_allclose(out['lat_bnds'].values, np.stack([lat - 0.5, lat + 0.5], 1), rtol=1e-12)
+    np.testing.assert_allclose(out['lon_bnds'].values, np.stack([lon - 0.5, lon + 0.5], 1), rtol=1e-12)
+    assert float(out['height']) == 2.0 and out['tas'].encoding['coordinates'] == 'height'
+    # CF views of the output, as cf_xarray reads them
+    assert out.cf['latitude'].name == 'lat' and out.cf['longitude'].name == 'lon' and out.cf['T'].name == 'time'
+    assert out.cf.bounds == {'lat': ['lat_bnds'], 'latitude': ['lat_bnds'], 'Y': ['lat_bnds'], 'lon': ['lon_bnds'],
+                             'longitude': ['lon_bnds'], 'X': ['lon_bnds'], 'time': ['time_bnds'], 'T': ['time_bnds']}
+    assert out.cf.grid_mapping_names == {'rotated_latitude_longitude': ['crs']}
+    assert out.cf['air_temperature'].name == 'tas' and out.cf['height'].name == 'height'

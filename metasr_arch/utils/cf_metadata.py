@@ -137,8 +137,9 @@ def data_variable(src, dims: Tuple[str, ...], data):
 
     Integer storage is kept only when packing (``scale_factor``/``add_offset``) holds every value;
     otherwise the variable is stored as float32 with the same fill value. A file that marks missing
-    points with ``missing_value`` alone gets the same value as ``_FillValue`` too (otherwise xarray
-    would write NaN as the fill value).
+    points with ``missing_value`` alone (or beside a NaN ``_FillValue``) gets the same value as
+    ``_FillValue`` too (otherwise xarray would write NaN as the fill value); where both are numbers and
+    differ, ``_FillValue`` is written for both.
     """
     xr = _xr()
     attrs = {k: v for k, v in src.attrs.items() if k != 'actual_range'}
@@ -150,8 +151,12 @@ def data_variable(src, dims: Tuple[str, ...], data):
             for key in ('scale_factor', 'add_offset'):
                 enc.pop(key, None)
             enc['dtype'] = np.dtype('float32')
-    if 'missing_value' in enc and '_FillValue' not in enc:
-        enc['_FillValue'] = enc['missing_value']
+    if 'missing_value' in enc:
+        fill = enc.get('_FillValue')
+        if fill is None or (np.isnan(fill) and not np.isnan(enc['missing_value'])):
+            enc['_FillValue'] = enc['missing_value']
+        elif not np.array_equal(fill, enc['missing_value'], equal_nan=True):
+            enc['missing_value'] = fill  # xarray writes one marker; the file's _FillValue wins
     var = xr.Variable(dims, data, attrs)
     var.encoding = enc
     return var

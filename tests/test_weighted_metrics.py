@@ -124,3 +124,27 @@ def test_ci_check_of_the_gridded_demo(tmp_path):
             {'iter': 2, 'dataset': 'v', 'scale': [3.8, 4.0], 'wrmse': model, 'wrmse_bicubic': bicubic}]))
         run = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True)
         assert run.returncode == rc, run.stderr
+
+
+def test_band_from_the_data_latitudes_with_a_mask_equals_cell_areas():
+    """A 20..90 N band (the eofs 500 hPa grid) scored with the data's own latitudes and a land mask equals the
+    loop formula over cell areas at valid points; NaN/inf at masked points are never read; lat_first/lat_last
+    given in the options override the data's latitudes."""
+    pred, truth = fields(h=29, w=12, c=2, seed=4)
+    lats = 20.0 + 2.5 * np.arange(29)
+    mask = np.random.default_rng(5).random(pred.shape) > 0.3
+    wild = np.where(mask, pred, np.inf)
+    got = weighted_errors(wild, np.where(mask, truth, np.nan), lat=lats, mask=mask)
+    want = reference(pred, truth, lats, mask)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-12)
+    # the north pole row keeps a cap of 1.25 degrees: sin(90) - sin(88.75)
+    w = latitude_weights(29, lat=lats)
+    assert w[-1] / w[0] == pytest.approx((1 - math.sin(math.radians(88.75))) /
+                                         (math.sin(math.radians(21.25)) - math.sin(math.radians(18.75))), rel=1e-12)
+    rmse = calculate_metric({'img': wild, 'img2': truth, 'lat': lats, 'mask': mask},
+                            {'type': 'calculate_weighted_rmse'})
+    assert rmse == pytest.approx(want['rmse'].mean(), rel=1e-12)
+    over = calculate_metric({'img': pred, 'img2': truth, 'lat': lats}, {'type': 'calculate_weighted_rmse',
+                                                                       'lat_first': 90, 'lat_last': -90})
+    assert over == pytest.approx(reference(pred, truth, np.linspace(90, -90, 29))['rmse'].mean(), rel=1e-12)

@@ -540,8 +540,8 @@ class MetaSRModel(SRModel):
                 values = self._metric_values(sr_img, gt_img, scale, float_data, phys and (phys[0], phys[2]), mask, lat)
                 values.update({f'{k}_bicubic': v for k, v in self._metric_values(
                     bic_img, gt_img, scale, float_data, phys and (phys[1], phys[2]), mask, lat).items()})
-                if mask is not None:
-                    values['valid_fraction'] = float(mask.mean())
+                if data.get('mask') is not None:  # masked data: every field says how much of it was scored
+                    values['valid_fraction'] = 1.0 if mask is None else float(mask.mean())
                 acc = sums.setdefault(scale, OrderedDict((k, 0.0) for k in values))
                 for k, v in values.items():
                     acc[k] += v
@@ -619,7 +619,8 @@ class MetaSRModel(SRModel):
                 '|---|---|---|---:|---:|---:|']
         for (dataset_name, scale), (it, values) in self._table_rows.items():
             model, bicubic = values[metric], values[f'{metric}_bicubic']
-            masked = f' (masked: {values["valid_fraction"]:.0%} valid points)' if 'valid_fraction' in values else ''
+            fraction = values.get('valid_fraction', 1.0)
+            masked = f' (masked: {fraction:.0%} valid points)' if fraction < 1 else ''
             rows.append(f'| {dataset_name}{masked} | {scale[0]:g} x {scale[1]:g} | {it} | {model:.{digits}f} | '
                         f'{bicubic:.{digits}f} | {model - bicubic:+.{digits}f} |')
         return '\n'.join(rows) + '\n'

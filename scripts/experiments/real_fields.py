@@ -3,9 +3,9 @@
 Usage::
 
     python scripts/experiments/real_fields.py --out experiments/real_fields            # both fields
-    python scripts/experiments/real_fields.py --out DIR --iters 300 --fields sst       # shorter
+    python scripts/experiments/real_fields.py --out DIR --iters 100 --fields sst       # a quick look
 
-Writes ``DIR/real_fields.md`` and ``DIR/real_fields.json`` and exits 1 when the model does not beat
+Writes ``DIR/real_fields.md`` and ``DIR/real_fields.json`` and exits 1 when the SST model does not beat
 bicubic (latitude-weighted RMSE at valid points) or an output check fails. What is trained and checked:
 ``metasr_arch/experiments/real_fields.py``.
 """
@@ -22,7 +22,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run it; 0 when every check passes, 1 when one fails, 2 on a failed step."""
     p = argparse.ArgumentParser(description='Meta-SR on real NetCDF fields (eofs example data).')
     p.add_argument('--out', required=True, help='output folder')
-    p.add_argument('--iters', type=int, default=1500, help='training iterations per field (default 1500)')
+    p.add_argument('--iters', type=int, default=300, help='training iterations per field (default 300)')
     p.add_argument('--fields', nargs='+', choices=sorted(FIELDS), default=sorted(FIELDS), help='which fields')
     args = p.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -370,3 +370,40 @@ def test_cf_round_trip_keeps_the_documented_metadata(tmp_path):
                              'longitude': ['lon_bnds'], 'X': ['lon_bnds'], 'time': ['time_bnds'], 'T': ['time_bnds']}
     assert out.cf.grid_mapping_names == {'rotated_latitude_longitude': ['crs']}
     assert out.cf['air_temperature'].name == 'tas' and out.cf['height'].name == 'height'
+
+
+def test_static_mask_from_another_file_and_empty_fields_skipped_in_validation(tmp_path, caplog, capfd):
+    """A (lat, lon) land-sea mask in its own file masks every step alike; a step with no valid point at all is
+    not scored, and the log says so."""
+    f = tmp_path / 'sea.nc'
+    sst = ocean_field()
+    sst[2] = np.nan  # one winter entirely missing
+    xr.Dataset({'sst': (('time', 'lat', 'lon'), sst)},
+               coords={'time': np.datetime64('2001-01-01') + np.arange(5) * np.timedelta64(31, 'D'),
+                       'lat': LAT, 'lon': LON}).to_netcdf(f)
+    lsm = np.zeros((H, W), dtype=np.float32)
+    lsm[:4, :5] = 1.0
+    xr.Dataset({'lsm': (('lat', 'lon'), lsm)}, coords={'lat': LAT, 'lon': LON}).to_netcdf(tmp_path / 'lsm.nc')
+    mask = {'variable': 'lsm', 'file': str(tmp_path / 'lsm.nc'), 'valid': 'zero'}
+    val = MetaSRXarrayDataset(ds_opt(f, 'val', mask=mask))
+    for i in (0, 4):
+        np.testing.assert_array_equal(val[i]['mask'][0].numpy(), (lsm == 0).astype(np.float32))
+    assert val[2]['mask'].sum() == 0
+    (tmp_path / 'e' / 'models').mkdir(parents=True)
+    model = MetaSRModel(model_opts(tmp_path / 'e'))
+    model.validation(torch.utils.data.DataLoader(val, batch_size=1), 2, None, False)
+    record = json.loads((tmp_path / 'e' / 'metrics.jsonl').read_text().splitlines()[-1])
+    assert record['valid_fraction'] == pytest.approx(1 - lsm.mean(), rel=1e-9)  # mean over the 4 scored steps
+    assert '1 field(s) had no valid point' in caplog.text + capfd.readouterr().err
+
+
+def test_packed_storage_falls_back_to_float_when_values_do_not_fit():
+    from metasr_arch.utils.cf_metadata import data_variable
+    src = xr.DataArray(np.zeros((2, 3)), dims=('lat', 'lon'), attrs={'units': 'K', 'actual_range': [0, 1]})
+    src.encoding = {'dtype': np.dtype('int16'), 'scale_factor': 0.01, 'add_offset': 280.0,
+                    '_FillValue': np.int16(-32767), 'source': 'x.nc', 'chunksizes': (1, 3)}
+    fits = data_variable(src, ('lat', 'lon'), np.full((2, 3), 290.0))
+    assert fits.encoding == {'dtype': np.dtype('int16'), 'scale_factor': 0.01, 'add_offset': 280.0,
+                             '_FillValue': -32767} and fits.attrs == {'units': 'K'}
+    wide = data_variable(src, ('lat', 'lon'), np.full((2, 3), 700.0))  # (700 - 280) / 0.01 > 32767
+    assert wide.encoding == {'dtype': np.dtype('float32'), '_FillValue': -32767}

@@ -14,7 +14,7 @@ import torch
 
 from metasr_arch.archs.periodic import is_periodic_w
 from metasr_arch.inference.runner import check_max_pixels, run_network
-from metasr_arch.utils.gridded_io import GriddedSource, normalization_affine, output_coords, write_netcdf
+from metasr_arch.utils.gridded_io import GriddedSource, normalization_affine, output_grid, write_netcdf
 from metasr_arch.utils.gridded_mask import apply_mask, fill_missing, output_valid
 from metasr_arch.utils.options import OptionError
 
@@ -108,8 +108,7 @@ def upscale_gridded(net, path: str, request, device, out_path: str, variables: O
                         tile_overlap, fp16, bf16)[0].cpu().numpy().astype(np.float64)
         outs.append(finish_step(y * scale[:, None, None] + offset[:, None, None], valid_in, src))
     fields = np.stack(outs)
-    out_lat, out_lon = output_coords(src.lat, src.lon, fields.shape[-2], fields.shape[-1], src.lon_periodic)
+    out_lat, out_lon = output_grid(src, fields.shape[-2], fields.shape[-1])
     has_time = src.time_value(0) is not None
-    write_netcdf(out_path, src, variables, fields if has_time else fields[0], out_lat[::-1] if src.flip else out_lat,
-                 out_lon)
+    write_netcdf(out_path, src, variables, fields if has_time else fields[0], out_lat, out_lon)
     return out_path

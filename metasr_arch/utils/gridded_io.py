@@ -162,6 +162,13 @@ def output_coords(lat: np.ndarray, lon: np.ndarray, out_h: int, out_w: int,
     return out_lat, out_lon
 
 
+def output_grid(src: 'GriddedSource', out_h: int, out_w: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``output_coords`` of ``src`` at (out_h, out_w) with latitude in the file's row order: what
+    ``output_dataset`` takes as ``out_lat``, ``out_lon``."""
+    out_lat, out_lon = output_coords(src.lat, src.lon, out_h, out_w, src.lon_periodic)
+    return (out_lat[::-1] if src.flip else out_lat), out_lon
+
+
 def save_netcdf(ds, path: str) -> None:
     """``ds.to_netcdf`` through a temporary file and ``os.replace``: an interrupted write leaves no partial file."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -319,8 +326,8 @@ class GriddedSource:
         if mask.get('file') is not None:
             expand_paths(mask['file'], f'{key}.file')
         opt = {'variable': mask['variable'], 'file': mask.get('file'), 'valid': valid}
-        arr = self._mask_source(opt)[opt['variable']] if opt['variable'] in self._mask_source(opt).variables \
-            else None
+        source = self._mask_source(opt)
+        arr = source[opt['variable']] if opt['variable'] in source.variables else None
         if arr is None:
             raise OptionError(f'{key}.variable: {opt["variable"]!r} is not a variable of '
                               f'{opt["file"] or self.paths[0]}')

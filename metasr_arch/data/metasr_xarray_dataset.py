@@ -113,7 +113,7 @@ def resolve_normalization(opt: dict, is_train: bool) -> Dict:
         ckpt = torch.load(norm['checkpoint'], map_location='cpu', weights_only=True)
         if not isinstance(ckpt.get('normalization'), dict):
             raise OptionError(f'datasets.{name}.normalization.checkpoint = {norm["checkpoint"]!r} records no '
-                           'normalization (it was not trained on MetaSRXarrayDataset)')
+                              'normalization (it was not trained on MetaSRXarrayDataset)')
         norm = dict(ckpt['normalization'])
     kind = norm.get('type', 'mean_std')
     if kind not in NORM_TYPES:
@@ -128,19 +128,19 @@ def resolve_normalization(opt: dict, is_train: bool) -> Dict:
         scale = b if kind == 'mean_std' else b - a
         if (scale <= 0).any():
             raise OptionError(f'datasets.{name}.normalization: {"std" if kind == "mean_std" else "max - min"} '
-                             f'must be > 0 for every variable, got {scale.tolist()}')
+                              f'must be > 0 for every variable, got {scale.tolist()}')
         if norm.get('variables') not in (None, variables):
             raise OptionError(f'datasets.{name}.normalization is for variables {norm["variables"]}, the dataset '
-                             f'reads {variables}')
+                              f'reads {variables}')
         return {'type': kind, 'variables': variables, names[0]: a.tolist(), names[1]: b.tolist()}
     if 'time_slice' not in norm and not is_train:
         raise OptionError(f'datasets.{name}.normalization needs the statistics of the training data: set '
-                         'normalization.time_slice to the training time_slice, give mean/std (min/max), or '
-                         'checkpoint: <trained net_g .pth>')
+                          'normalization.time_slice to the training time_slice, give mean/std (min/max), or '
+                          'checkpoint: <trained net_g .pth>')
     stats = _statistics(_source_key(opt, norm.get('time_slice', opt.get('time_slice'))), kind)
     if (normalization_affine(stats)[1] <= 0).any():
         raise OptionError(f'datasets.{name}: a variable of {variables} is constant over the statistics slice '
-                         f'({stats}); normalise with given values')
+                          f'({stats}); normalise with given values')
     return stats
 
 
@@ -187,7 +187,7 @@ class MetaSRXarrayDataset(data.Dataset):
             have = (self.gt.lat.size, self.gt.lon.size)
             if want != have:
                 raise OptionError(f'datasets.{name}.out_size = {list(want)} but the GT grid of {self.gt.paths[0]} is '
-                                 f'{have[0]} x {have[1]}')
+                                  f'{have[0]} x {have[1]}')
         self.gt_size = parse_size(opt['gt_size'], f'datasets.{name}.gt_size') \
             if self.is_train and opt.get('gt_size') is not None else None
         if self.gt_size is not None and self.lq is not None:
@@ -205,23 +205,23 @@ class MetaSRXarrayDataset(data.Dataset):
         gt, lq = self.gt, self.lq
         if len(gt) != len(lq):
             raise OptionError(f'datasets.{name}: dataroot_lq has {len(lq)} time steps in time_slice, dataroot_gt '
-                             f'{len(gt)}')
+                              f'{len(gt)}')
         for i in range(len(gt)):
             if gt.time_value(i) != lq.time_value(i):
                 raise OptionError(f'datasets.{name}: time step {i} is {gt.time_label(i)} in dataroot_gt but '
-                                 f'{lq.time_label(i)} in dataroot_lq')
+                                  f'{lq.time_label(i)} in dataroot_lq')
         h, w, big_h, big_w = lq.lat.size, lq.lon.size, gt.lat.size, gt.lon.size
         if big_h < h or big_w < w:
             raise OptionError(f'datasets.{name}: the GT grid {big_h} x {big_w} is smaller than the LR grid {h} x {w}')
         lr_step = abs(lq.lat[-1] - lq.lat[0]) / max(h - 1, 1)
         if abs(lq.lat[0] - gt.lat[0]) > 1e-3 * lr_step + 1e-6 or abs(lq.lat[-1] - gt.lat[-1]) > 1e-3 * lr_step + 1e-6:
             raise OptionError(f'datasets.{name}: LR rows span latitudes {lq.lat[0]:g}..{lq.lat[-1]:g} but the GT '
-                             f'rows {gt.lat[0]:g}..{gt.lat[-1]:g}: an output of {big_h} x {big_w} would not lie on '
-                             'the GT grid')
+                              f'rows {gt.lat[0]:g}..{gt.lat[-1]:g}: an output of {big_h} x {big_w} would not lie on '
+                              'the GT grid')
         spans = [(c[-1] - c[0]) * c.size / max(c.size - 1, 1) for c in (lq.lon, gt.lon)]
         if abs(lq.lon[0] - gt.lon[0]) > 1e-6 or abs(spans[0] - spans[1]) > 1e-3 * spans[0] / max(w, 1):
             raise OptionError(f'datasets.{name}: LR columns start at longitude {lq.lon[0]:g} and span {spans[0]:g} '
-                             f'degrees, the GT columns {gt.lon[0]:g} and {spans[1]:g}')
+                              f'degrees, the GT columns {gt.lon[0]:g} and {spans[1]:g}')
 
     # ------------------------------------------------------------------ normalisation
     def normalize(self, arr: np.ndarray) -> np.ndarray:
@@ -238,7 +238,7 @@ class MetaSRXarrayDataset(data.Dataset):
         valid = np.isfinite(field)
         return fill_missing(self.normalize(field), None if valid.all() else valid, self.fill)
 
-    def _crop(self, index: int, field: np.ndarray, path: str) -> np.ndarray:
+    def _crop(self, field: np.ndarray, path: str) -> np.ndarray:
         """A ``gt_size`` crop of (C, H, W) ``field`` with at least one valid point, drawn again if needed."""
         option = f'datasets.{self.opt.get("name")}.gt_size'
         for _ in range(CROP_TRIES):
@@ -256,7 +256,7 @@ class MetaSRXarrayDataset(data.Dataset):
         if self.gt_size is not None:
             for _ in range(CROP_TRIES):  # a time step with no valid point in any crop: another step
                 try:
-                    field = self._crop(index, field, self._name(index))
+                    field = self._crop(field, self._name(index))
                     break
                 except LookupError:
                     index = random.randrange(len(self))

@@ -275,8 +275,6 @@ class GriddedSource:
         self.flip = is_north_up(lat) != (lat_order == 'north_up')
         self.lat = lat[::-1] if self.flip else lat
         self.lon = np.asarray(first[self.lon_name].values, dtype=np.float64)
-        lat_bounds = self._bounds(first, self.lat_name)
-        self.lat_bounds = None if lat_bounds is None else (lat_bounds[::-1] if self.flip else lat_bounds)
         self.lon_periodic = closes_circle(self.lon, self._bounds(first, self.lon_name))
         self.mask_opt = self._check_mask(mask)
         self.samples = self._select_times(time_slice)

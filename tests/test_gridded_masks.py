@@ -407,3 +407,26 @@ def test_packed_storage_falls_back_to_float_when_values_do_not_fit():
                              '_FillValue': -32767} and fits.attrs == {'units': 'K'}
     wide = data_variable(src, ('lat', 'lon'), np.full((2, 3), 700.0))  # (700 - 280) / 0.01 > 32767
     assert wide.encoding == {'dtype': np.dtype('float32'), '_FillValue': -32767}
+
+
+def test_training_fill_is_recorded_and_followed_by_inference(tmp_path):
+    """fill: zero is recorded with the statistics; inference then fills with zeros, as prepare_step does."""
+    from metasr_arch.inference.gridded import finish_step, prepare_step, upscale_gridded
+    f = write_masked(tmp_path / 's.nc', 0.0, how='fill')
+    opt = ds_opt(f, fill='zero')
+    norm = MetaSRXarrayDataset.normalization_for(opt)
+    assert norm['fill'] == 'zero' and 'fill' not in MetaSRXarrayDataset.normalization_for(ds_opt(f))
+    assert MetaSRXarrayDataset(opt)[0]['gt'][0][land()[0]].abs().max() == 0  # missing points hold 0 (north up)
+    torch.manual_seed(0)
+    net = MetaRDN(num_in_ch=1, num_out_ch=1, num_feat=8, num_block=1, num_layer=2, num_grow_ch=4, hidden_channels=8,
+                  img_range=1.0, mean=0.0).eval()
+    net.metasr_normalization = {**norm, 'variables': ['sst']}
+    upscale_gridded(net, str(f), ('size', (20, 30)), 'cpu', str(tmp_path / 'z.nc'), time_slice=[1, 2])
+    src = GriddedSource(str(f), ['sst'], [1, 2])
+    x, valid = prepare_step(src, 0, np.array([15.0]), np.array([3.0]), 'zero')
+    with torch.no_grad():
+        y = net(torch.from_numpy(x)[None], out_size=(20, 30))[0].numpy().astype(np.float64) * 3 + 15
+    want = finish_step(y, valid, src)
+    np.testing.assert_allclose(xr.open_dataset(tmp_path / 'z.nc')['sst'].values[0], want[0], rtol=1e-5, atol=1e-5)
+    x_near, _ = prepare_step(src, 0, np.array([15.0]), np.array([3.0]), 'nearest')
+    assert np.abs(x_near - x).max() > 0.1  # the two fills differ, so the comparison above can fail

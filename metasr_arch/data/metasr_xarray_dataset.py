@@ -198,8 +198,11 @@ class MetaSRXarrayDataset(data.Dataset):
 
     @classmethod
     def normalization_for(cls, opt: dict) -> Dict:
-        """The statistics a training set with options ``opt`` uses (cached: no second pass)."""
-        return resolve_normalization(opt, opt.get('phase', 'train') == 'train')
+        """The statistics a training set with options ``opt`` uses (cached: no second pass), with its
+        ``fill`` when it is not the default, so that inference fills missing points the same way."""
+        norm = resolve_normalization(opt, opt.get('phase', 'train') == 'train')
+        fill = opt.get('fill') or 'nearest'
+        return norm if fill == 'nearest' else {**norm, 'fill': fill}
 
     def _check_pair(self, name: str) -> None:
         gt, lq = self.gt, self.lq

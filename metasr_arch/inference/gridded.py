@@ -83,6 +83,7 @@ def upscale_gridded(net, path: str, request, device, out_path: str, variables: O
         variables: channels in the network's order (default: the checkpoint's normalisation variables).
         time_slice: as ``gridded_io.parse_time_arg`` makes from ``--time``.
         max_pixels: refuse (ValueError) an output of more H*W pixels (the CLI's ``--max-pixels``).
+        fill: how missing input points are filled, unless the checkpoint's normalisation records ``fill``.
     Returns:
         ``out_path``.
     """
@@ -94,6 +95,7 @@ def upscale_gridded(net, path: str, request, device, out_path: str, variables: O
     if norm.get('variables') and list(norm['variables']) != variables:
         raise OptionError(f'--var {" ".join(variables)} differs from the variables the network was trained on, '
                           f'{" ".join(norm["variables"])} (same names, same order)')
+    fill = norm.get('fill', fill)  # as in training (a checkpoint records a fill other than nearest)
     src = GriddedSource(path, variables, time_slice, option='input', names=CLI_NAMES)
     check_periodic_request(net, src)
     offset, scale = normalization_affine(norm) if norm else (np.zeros(len(variables)), np.ones(len(variables)))

@@ -430,3 +430,23 @@ def test_training_fill_is_recorded_and_followed_by_inference(tmp_path):
     np.testing.assert_allclose(xr.open_dataset(tmp_path / 'z.nc')['sst'].values[0], want[0], rtol=1e-5, atol=1e-5)
     x_near, _ = prepare_step(src, 0, np.array([15.0]), np.array([3.0]), 'nearest')
     assert np.abs(x_near - x).max() > 0.1  # the two fills differ, so the comparison above can fail
+
+
+def test_output_dataset_takes_lazy_fields_as_a_zarr_template(tmp_path):
+    """output_dataset with a dask array computes nothing; the Dataset is a Zarr template that regions fill."""
+    da = pytest.importorskip('dask.array')
+    pytest.importorskip('zarr')
+    from metasr_arch.utils.gridded_io import output_dataset, output_grid
+    src = GriddedSource(str(write_cf_file(tmp_path / 'rcm.nc')), ['tas', 'pr'])
+    lat, lon = output_grid(src, 11, 15)
+    ds = output_dataset(src, ['tas', 'pr'], da.zeros((3, 2, 11, 15), chunks=(1, 2, 11, 15), dtype='float32'), lat, lon)
+    assert isinstance(ds['tas'].data, da.Array) and ds['tas'].dims == ('time', 'lat', 'lon')
+    ds.to_zarr(tmp_path / 'o.zarr', compute=False, mode='w')
+    region = ds[['tas', 'pr']].isel(time=slice(1, 2)).drop_vars(['lat', 'lon', 'height'])
+    region['tas'] = region['tas'].copy(data=np.full(region['tas'].shape, 290.5, np.float32))
+    region['pr'] = region['pr'].copy(data=np.full(region['pr'].shape, np.nan, np.float32))
+    region.to_zarr(tmp_path / 'o.zarr', region={'time': slice(1, 2)})
+    back = xr.open_zarr(tmp_path / 'o.zarr')
+    np.testing.assert_allclose(back['tas'].values[1], 290.5, rtol=1e-6)
+    assert np.isnan(back['pr'].values[1]).all() and np.isnan(back['tas'].values[0]).all()  # unwritten: missing
+    assert back['time'].encoding['calendar'] == '360_day' and back['tas'].attrs['grid_mapping'] == 'crs'

@@ -39,6 +39,7 @@ from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
+from metasr_arch.archs.metasr_base import start_at_bicubic
 from metasr_arch.archs.periodic import bicubic_for, is_periodic_w
 from metasr_arch.losses.masked_loss import batch_mask, masked_pixel_loss
 from metasr_arch.metrics.weighted import masked_psnr, scoring_inputs
@@ -213,6 +214,7 @@ class MetaSRModel(SRModel):
                                                 **(train.get('grad_scaler') or {}))
         self.channels_last = bool(train.get('channels_last', False))
         super().init_training_settings()
+        start_at_bicubic(self.opt, self.get_bare_model(self.net_g), getattr(self, 'net_g_ema', None))
         compile_opts = parse_compile(train.get('compile'), 'train.compile')
         self.net_g_train = self.net_g if compile_opts is None else compile_for_training(
             self.net_g, compile_opts, self.get_bare_model(self.net_g))

@@ -132,8 +132,18 @@ def write_netcdf(path: str, fields: np.ndarray, variables: Sequence[str], lat: n
     ``attrs`` (global), ``var_attrs`` (per variable) and ``coord_attrs`` are copied from the input so that
     units and long names survive.
     """
+    save_netcdf(fields_dataset(fields, variables, lat, lon, lat_name, lon_name, time, attrs, var_attrs,
+                               coord_attrs), path)
+
+
+def fields_dataset(fields, variables: Sequence[str], lat: np.ndarray, lon: np.ndarray, lat_name: str = 'latitude',
+                   lon_name: str = 'longitude', time=None, attrs=None, var_attrs: Optional[Dict[str, dict]] = None,
+                   coord_attrs: Optional[Dict[str, dict]] = None):
+    """The xarray Dataset of (T, C, H, W) (or (C, H, W)) ``fields`` (numpy or a lazy dask array) on
+    (time, lat, lon), with the given attributes; what ``write_netcdf`` and the Zarr writer store."""
     xr = require_xarray()
-    fields = np.asarray(fields)
+    if not hasattr(fields, 'ndim'):
+        fields = np.asarray(fields)
     if fields.ndim == 3:
         fields = fields[None]
     coords = {lat_name: (lat_name, np.asarray(lat), dict((coord_attrs or {}).get(lat_name, {}))),
@@ -147,7 +157,23 @@ def write_netcdf(path: str, fields: np.ndarray, variables: Sequence[str], lat: n
     data_vars = {var: (dims, fields[..., c, :, :] if time is not None else fields[c],
                        dict((var_attrs or {}).get(var, {})))
                  for c, var in enumerate(variables)}
-    save_netcdf(xr.Dataset(data_vars, coords=coords, attrs=dict(attrs or {})), path)
+    return xr.Dataset(data_vars, coords=coords, attrs=dict(attrs or {}))
+
+
+def output_dataset(src: 'GriddedSource', variables: Sequence[str], fields, out_lat: np.ndarray,
+                   out_lon: np.ndarray, times=None):
+    """The output Dataset of an upscaled ``src``: (T, C, H, W) ``fields`` (numpy or lazy dask) on the output
+    grid, in the input's row order, with the input's global, variable and coordinate attributes.
+
+    Args:
+        out_lat, out_lon: the output grid in the order the network sees (``output_coords``).
+        times: (T,) time values, or None for a static input (``fields`` then (1, C, H, W)).
+    """
+    ds = src.datasets[0]
+    return fields_dataset(fields, variables, out_lat[::-1] if src.flip else out_lat, out_lon, src.lat_name,
+                          src.lon_name, None if times is None else np.asarray(times), attrs=ds.attrs,
+                          var_attrs={v: ds[v].attrs for v in variables},
+                          coord_attrs={c: ds[c].attrs for c in (src.lat_name, src.lon_name) if c in ds.coords})
 
 
 def save_netcdf(ds, path: str) -> None:

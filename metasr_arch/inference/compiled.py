@@ -29,16 +29,18 @@ def compile_frozen(net, request: Request, in_hw: Tuple[int, int], job=None) -> C
         raise ValueError(f'--compile: {err}') from err
     device = next(net.parameters()).device
     frozen = frozen.to(device).to(memory_format=torch.channels_last).eval()
-    for p in frozen.parameters():
-        p.requires_grad_(False)
     import torch._inductor.config as inductor_config
+    # freezing inlines the weights as constants folded into the graph (valid without autograd), set for
+    # this compilation only, not for the process. The oneDNN weight-prepack pass is off: on torch 2.14 it
+    # fails under freezing for these graphs (InductorError: FakeTensorUpdater on mkldnn_fusion nodes), and
+    # a failed compilation cannot be retried in the same process.
+    config = {'freezing': True, 'cpp.weight_prepack': False}
     compiled = torch.compile(frozen, dynamic=False)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        # freezing inlines the weights as constants folded into the graph (valid without autograd); set
-        # for this function's compilation only, not for the process
-        with torch.no_grad(), inductor_config.patch(freezing=True):
-            return compiled(x.contiguous(memory_format=torch.channels_last)).float().contiguous()
+        with torch.no_grad(), inductor_config.patch(**config):
+            y = compiled(x.contiguous(memory_format=torch.channels_last))
+        return y.float().contiguous()
 
     _CACHE[key] = (net, run)
     return run

@@ -63,7 +63,10 @@ def run_on_dask(dask: str, job: ArchiveJob, spec: NetworkSpec, plan: StorePlan, 
     kind, value = parse_dask_arg(dask)
     cluster = None
     if kind == 'local':
-        cluster = LocalCluster(n_workers=value, threads_per_worker=1, processes=True, dashboard_address=None)
+        import logging
+        # silence_logs: the nanny's notes on stopping workers are no news to a user of the CLI
+        cluster = LocalCluster(n_workers=value, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR)
         client, threads = Client(cluster), max(1, (os.cpu_count() or 1) // value)
     else:
         client, threads = Client(value), None

@@ -301,3 +301,20 @@ def test_progress_log_lines_and_summary():
     quiet = io.StringIO()
     Progress(5, 'x', quiet=True, stream=quiet, tty=False).summary()
     assert quiet.getvalue() == ''
+
+
+def test_benchmark_script_variants_in_process(tmp_path):
+    """scripts/benchmark_archive.py, tiny: its input and checkpoint, two variants, their comparison."""
+    from argparse import Namespace
+    from test_tools import load_script
+    bench = load_script('benchmark_archive.py')
+    ckpt, path, _, out = bench.prepare(tmp_path, 3, tiny=True)
+    rows = {}
+    for variant in ('eager_b1', 'batched'):
+        rows[variant] = bench.run_variant(Namespace(run=variant, ckpt=str(ckpt), input=str(path), out_size=list(out),
+                                                    out=str(tmp_path / f'{variant}.zarr'), batch=None, threads=1,
+                                                    device='cpu'))
+    assert rows['eager_b1']['batch'] == 1 and rows['batched']['batch'] == 3
+    assert rows['batched']['steps'] == 3 and rows['batched']['peak'].endswith(('MiB', 'GiB'))
+    assert bench.compare(str(tmp_path / 'eager_b1.zarr'), str(tmp_path / 'batched.zarr')) < 1e-5
+    assert xr.open_zarr(tmp_path / 'batched.zarr')['t2m'].shape == (3, 40, 96)

@@ -219,7 +219,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
                               else args.device)
     except RuntimeError:
         parser.error(f'--device {args.device!r} is not a device name (cpu, cuda, cuda:1, ...)')
-    if device.type == 'cuda' and not torch.cuda.is_available():
+    if device.type == 'cuda' and not torch.cuda.is_available() and args.dask is None:  # --dask: the workers' device
         parser.error(f'--device {args.device}: CUDA is not available on this machine')
     if args.fp16 and args.bf16:
         parser.error('give at most one of --fp16 and --bf16')
@@ -234,7 +234,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from tqdm import tqdm
     args, requests, device = parse_args(argv)
     try:
-        net = load_network(args.opt, args.ckpt, args.param_key, device)
+        # with --dask the client only plans the store: it may have no GPU when the workers do
+        here = torch.device('cpu') if args.dask and device.type == 'cuda' and not torch.cuda.is_available() else device
+        net = load_network(args.opt, args.ckpt, args.param_key, here)
         if args.impl is not None and not set_impl(net, args.impl):
             raise ValueError(f'--impl {args.impl}: the network has no MetaUpsample head')
         channels = network_channels(net)
@@ -267,7 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         job = ArchiveJob(str(path), str(out), request, tuple(args.var) if args.var else None,
                                          tuple(time_slice) if time_slice else None, args.tile, args.tile_overlap,
                                          args.fp16, args.bf16, args.compile, args.batch, None, args.max_pixels)
-                        upscale_archive(net, job, spec, args.overwrite, args.quiet, args.dask, device)
+                        upscale_archive(net, job, spec, args.overwrite, args.quiet, args.dask, here)
                     else:
                         upscale_gridded(net, str(path), request, device, str(out), args.var, time_slice,
                                         args.tile, args.tile_overlap, args.fp16, args.bf16, args.max_pixels)

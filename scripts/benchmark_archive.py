@@ -4,6 +4,7 @@
     python scripts/benchmark_archive.py --steps 64 --markdown archive.md
     python scripts/benchmark_archive.py --tiny --steps 6             # a seconds-long smoke run (tests, CI)
     python scripts/benchmark_archive.py --device cuda --variants eager_b1 batched compiled   # GPU form
+    python scripts/benchmark_archive.py --memory-steps 100 2000      # peak RSS against the number of steps
 
 The network is ``network_g`` of ``options/train/train_SwinIRMeta_grid_721x1440.yml`` (``--tiny``: a
 one-stage SwinIRMeta on 16x24 -> 40x96) with random weights (time does not depend on their values),
@@ -20,6 +21,10 @@ saved as a checkpoint with normalisation statistics; the input is a NetCDF file 
 Reported per variant: seconds for all steps (from the start of the run to the last chunk recorded,
 loading the network excluded), fields (time steps) per second, peak RSS (for dask2 the largest of the
 client and the workers), and the largest difference from eager_b1's store relative to its range.
+
+``--memory-steps 100 2000`` instead measures peak RSS against the number of steps, on the tiny network
+and grid (16x24 -> 40x96, 3 variables): for each count, the streamed Zarr writer (batch 50) and the
+NetCDF writer (which keeps every output until it writes), each in a fresh process.
 """
 import argparse
 import json
@@ -34,6 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 VARIABLES = ['t2m', 'u10', 'v10']
 VARIANTS = ('eager_b1', 'batched', 'compiled', 'dask2')
+MEMORY_VARIANTS = ('zarr', 'netcdf')
 
 
 def network_opt(tiny: bool) -> dict:
@@ -79,6 +85,16 @@ def run_variant(args) -> dict:
     torch.set_num_threads(args.threads)
     spec = NetworkSpec(args.ckpt, device=args.device)
     net = spec.load()
+    if args.run in MEMORY_VARIANTS:
+        from metasr_arch.inference.archive import peak_rss_bytes
+        from metasr_arch.inference.gridded import upscale_gridded
+        start = time.perf_counter()
+        if args.run == 'netcdf':
+            upscale_gridded(net, args.input, ('size', tuple(args.out_size)), torch.device(args.device), args.out)
+        else:
+            upscale_archive(net, ArchiveJob(args.input, args.out, ('size', tuple(args.out_size)), batch=50), spec,
+                            quiet=True, device=torch.device(args.device))
+        return {'variant': args.run, 'seconds': time.perf_counter() - start, 'peak_bytes': peak_rss_bytes()}
     batch = 1 if args.run == 'eager_b1' else args.batch
     job = ArchiveJob(args.input, args.out, ('size', tuple(args.out_size)), batch=batch,
                      compile=args.run == 'compiled')
@@ -104,6 +120,44 @@ def compare(a: str, b: str) -> float:
     return worst
 
 
+def _run_child(args, variant: str, ckpt, path, store, out) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    cmd = [sys.executable, __file__, '--run', variant, '--ckpt', str(ckpt), '--input', str(path), '--out', str(store),
+           '--out-size', str(out[0]), str(out[1]), '--threads', str(args.threads), '--device', args.device]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f'{variant}: {res.stderr.strip()[-2000:]}')
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def memory_table(args) -> int:
+    """Peak RSS of the streamed Zarr writer and the in-memory NetCDF writer against the number of steps."""
+    import torch
+    from metasr_arch.utils.bench import report
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for steps in args.memory_steps:
+            work = Path(args.work or tmp) / f'memory_{steps}'
+            work.mkdir(parents=True, exist_ok=True)
+            ckpt, path, _, out = prepare(work, steps, tiny=True)
+            peaks = {}
+            for variant, name in (('zarr', 'out.zarr'), ('netcdf', 'out.nc')):
+                if (work / name).exists():
+                    import shutil
+                    shutil.rmtree(work / name) if (work / name).is_dir() else (work / name).unlink()
+                peaks[variant] = _run_child(args, variant, ckpt, path, work / name, out)['peak_bytes']
+            output = steps * 3 * out[0] * out[1] * 4
+            rows.append(f"| {steps} | {output / 2**20:.1f} MiB | {peaks['zarr'] / 2**20:.0f} MiB | "
+                        f"{peaks['netcdf'] / 2**20:.0f} MiB |")
+            print(rows[-1], file=sys.stderr, flush=True)
+    head = (f'peak RSS against the number of steps: tiny SwinIRMeta, 16x24 -> 40x96, 3 variables, NetCDF in; '
+            f'torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
+            f'{time.strftime("%Y-%m-%d")}')
+    report(head + '\n\n' + '\n'.join(['| steps | output size | Zarr, streamed (batch 50) | NetCDF, in memory |',
+                                       '|---:|---:|---:|---:|'] + rows), args.markdown)
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--steps', type=int, default=64)
@@ -115,7 +169,9 @@ def main() -> int:
     p.add_argument('--tiny', action='store_true', help='a small network and grid (smoke test)')
     p.add_argument('--work', default=None, help='folder for the checkpoint, input and stores (default: temporary)')
     p.add_argument('--markdown', default=None, help='also write the table to this file')
-    p.add_argument('--run', choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one variant in this process
+    p.add_argument('--memory-steps', type=int, nargs='+', default=None, metavar='N',
+                   help='peak RSS of the Zarr and NetCDF writers for these numbers of steps (tiny network)')
+    p.add_argument('--run', choices=VARIANTS + MEMORY_VARIANTS, help=argparse.SUPPRESS)  # internal: one variant in this process
     p.add_argument('--ckpt', help=argparse.SUPPRESS)
     p.add_argument('--input', help=argparse.SUPPRESS)
     p.add_argument('--out', help=argparse.SUPPRESS)
@@ -125,6 +181,8 @@ def main() -> int:
         print(json.dumps(run_variant(args)), flush=True)
         return 0
     from metasr_arch.utils.bench import report
+    if args.memory_steps:
+        return memory_table(args)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)

@@ -269,7 +269,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         job = ArchiveJob(str(path), str(out), request, tuple(args.var) if args.var else None,
                                          tuple(time_slice) if time_slice else None, args.tile, args.tile_overlap,
                                          args.fp16, args.bf16, args.compile, args.batch, None, args.max_pixels)
-                        upscale_archive(net, job, spec, args.overwrite, args.quiet, args.dask, here)
+                        if args.dask:
+                            from metasr_arch.inference.dask_runner import upscale_on_dask
+                            upscale_on_dask(net, job, spec, args.dask, args.overwrite, args.quiet, here)
+                        else:
+                            upscale_archive(net, job, spec, args.overwrite, args.quiet, here)
                     else:
                         upscale_gridded(net, str(path), request, device, str(out), args.var, time_slice,
                                         args.tile, args.tile_overlap, args.fp16, args.bf16, args.max_pixels)

@@ -98,8 +98,11 @@ def run_variant(args) -> dict:
     batch = 1 if args.run == 'eager_b1' else args.batch
     job = ArchiveJob(args.input, args.out, ('size', tuple(args.out_size)), batch=batch,
                      compile=args.run == 'compiled')
-    res = upscale_archive(net, job, spec, quiet=True, dask='local:2' if args.run == 'dask2' else None,
-                          device=torch.device(args.device))
+    if args.run == 'dask2':
+        from metasr_arch.inference.dask_runner import upscale_on_dask
+        res = upscale_on_dask(net, job, spec, 'local:2', quiet=True, device=torch.device(args.device))
+    else:
+        res = upscale_archive(net, job, spec, quiet=True, device=torch.device(args.device))
     import re
     peak = re.search(r'peak memory (.*)$', res['summary'])
     peak = peak.group(1) if peak else '?'

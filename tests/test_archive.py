@@ -23,6 +23,7 @@ from metasr_arch.archs.metardn_arch import MetaRDN  # noqa: E402
 from metasr_arch.infer import main  # noqa: E402
 from metasr_arch.inference import archive  # noqa: E402
 from metasr_arch.inference.archive import ArchiveJob, NetworkSpec, Progress, upscale_archive  # noqa: E402
+from metasr_arch.inference.dask_runner import upscale_on_dask  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NET_OPT = {'type': 'MetaRDN', 'num_in_ch': 2, 'num_out_ch': 2, 'num_feat': 8, 'num_block': 1, 'num_layer': 2,
@@ -220,7 +221,7 @@ def test_dask_retries_a_failed_block_and_reports_one_that_keeps_failing(setup, m
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
                                   silence_logs=40) as cl:
         with pytest.raises(RuntimeError, match=r'1 chunk\(s\) failed.*2 \(steps 4\.\.5\).*worker lost'):
-            upscale_archive(loaded, job, spec, quiet=True, dask=cl.scheduler_address)
+            upscale_on_dask(loaded, job, spec, cl.scheduler_address, quiet=True)
     assert calls.count(2) == 2 and calls.count(4) == 3  # retried by Dask: 1 + RETRIES attempts
     assert sorted(os.listdir(tmp / 'd.zarr' / archive.DONE_DIR)) == ['0', '1', '3']
     monkeypatch.setattr(archive, 'compute_chunk', real)

@@ -14,7 +14,7 @@ along time: one chunk of ``chunk`` steps per variable, each (chunk, H, W). A run
 
 Peak memory is bounded by one chunk (inputs, outputs and the network's activations of one batch), not by
 the number of steps. Chunks are independent, so ``metasr_arch.inference.dask_runner`` sends them to Dask
-workers; the same ``run_chunk`` runs there.
+workers (``upscale_on_dask``); the same ``run_chunk`` runs there.
 """
 import hashlib
 import json
@@ -421,20 +421,23 @@ def checkpoint_identity(spec: NetworkSpec) -> Dict:
 
 
 def upscale_archive(net, job: ArchiveJob, spec: NetworkSpec, overwrite: bool = False, quiet: bool = False,
-                    dask: Optional[str] = None, device='cpu', stream=None) -> Dict:
-    """Upscale ``job`` into its Zarr store, in this process or on Dask (``dask``: ``'local:N'`` or a
-    scheduler address); resumes an interrupted store of the same run.
+                    device='cpu', stream=None, runner: Optional[Callable] = None) -> Dict:
+    """Upscale ``job`` into its Zarr store; resumes an interrupted store of the same run.
 
+    Args:
+        net: the loaded network (plans the store; computes the chunks unless ``runner`` is given).
+        spec: how the checkpoint is read (the run's record; Dask workers load the network from it).
+        runner: ``runner(job, spec, plan, progress) -> peak RSS or None`` computes ``plan.pending``
+            elsewhere (``dask_runner.upscale_on_dask`` passes Dask's); default: in this process.
     Returns:
-        {'steps': computed, 'skipped': already done, 'chunks': total, 'seconds', 'summary'}.
+        {'steps': computed, 'skipped': already done, 'chunks', 'seconds', 'summary', 'batch'}.
     """
     plan = prepare_store(net, job, checkpoint_identity(spec), overwrite, device)
     progress = Progress(plan.steps, os.path.basename(job.out_path.rstrip(os.sep)), quiet, stream)
     progress.skip(sum(plan.chunks[k][1] - plan.chunks[k][0] for k in plan.done))
     peak = None
-    if dask:
-        from metasr_arch.inference.dask_runner import run_on_dask
-        peak = run_on_dask(dask, job, spec, plan, progress)
+    if runner is not None:
+        peak = runner(job, spec, plan, progress)
     else:
         src = open_source(job, plan.variables)
         forward = Forward(net, job, plan.in_shape[1:], plan.batch) if plan.pending else None

@@ -13,7 +13,7 @@ import os
 from typing import Dict, Optional, Tuple
 
 from metasr_arch.inference.archive import (ArchiveJob, Forward, NetworkSpec, Progress, StorePlan, open_source,
-                                           peak_rss_bytes, run_chunk)
+                                           peak_rss_bytes, run_chunk, upscale_archive)
 
 RETRIES = 2
 _WORKER_STATE: Dict = {}  # per worker process: {NetworkSpec: network}, {key: (source, Forward)}
@@ -93,3 +93,12 @@ def run_on_dask(dask: str, job: ArchiveJob, spec: NetworkSpec, plan: StorePlan, 
         raise RuntimeError(f'{len(failed)} chunk(s) failed on the Dask workers after {RETRIES} retries and are not '
                            f'recorded as done (rerun the command to compute them): {chunks}')
     return max(peak, peak_rss_bytes() or 0) or None
+
+
+def upscale_on_dask(net, job: ArchiveJob, spec: NetworkSpec, dask: str, overwrite: bool = False, quiet: bool = False,
+                    device='cpu', stream=None) -> Dict:
+    """``archive.upscale_archive`` with the chunks computed on Dask (``dask``: ``'local:N'`` or a scheduler
+    address); ``net`` only plans the store here."""
+    parse_dask_arg(dask)
+    return upscale_archive(net, job, spec, overwrite, quiet, device, stream,
+                           runner=lambda job, spec, plan, progress: run_on_dask(dask, job, spec, plan, progress))

@@ -49,7 +49,7 @@ from metasr_arch.inference.checkpoint import load_network, network_channels, set
 from metasr_arch.inference.archive import ArchiveJob, NetworkSpec, upscale_archive
 from metasr_arch.inference.gridded import upscale_gridded
 from metasr_arch.utils.gridded_io import is_gridded_path, parse_time_arg
-from metasr_arch.inference.runner import check_max_pixels, upscale_sample
+from metasr_arch.inference.runner import LookAhead, check_max_pixels, upscale_sample
 from metasr_arch.utils.naming import Request, parse_scale_text, parse_size_text, request_tag
 from metasr_arch.utils.sample_io import ARRAY_EXTS, IMAGE_EXTS, output_suffix, read_sample, write_sample
 
@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='NetCDF/Zarr inputs: a time label (1970-11) or position, or START STOP (default: all)')
     p.add_argument('--batch', type=int, default=None, metavar='N',
                    help='NetCDF/Zarr inputs: time steps per forward (default: from the memory estimate, at most '
-                        '16); outputs are the same as one step at a time')
+                        '16); images and arrays: up to N same-size files per forward (default 1); outputs equal '
+                        'those of one at a time to float32 rounding')
     p.add_argument('--compile', action='store_true',
                    help='NetCDF/Zarr inputs: freeze the network at the request and input size and run it '
                         'torch.compiled, channels-last (compiled once; worth it for many steps)')
@@ -260,6 +261,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     images = sum(len(j) for p, j in jobs.items() if not is_gridded_path(str(p)))
     bar = tqdm(total=images, unit='img', disable=args.quiet or not images, desc='upscaling')
     spec = NetworkSpec(args.ckpt, args.opt, args.param_key, args.impl, str(device))
+    ahead = None
+    if args.batch and args.batch > 1 and images:  # same-size images of the run, N per forward
+        ahead = LookAhead(net, channels, device, args.batch,
+                          {p: [r for r, _, _ in j] for p, j in jobs.items() if not is_gridded_path(str(p))},
+                          read_sample, args.tile, args.tile_overlap, args.fp16, args.bf16, args.max_pixels)
     for path, path_jobs in jobs.items():
         if is_gridded_path(str(path)):
             for request, tag, out in path_jobs:
@@ -291,8 +297,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             bar.set_postfix_str(f'{path.name} {tag}', refresh=False)
             try:
                 check_max_pixels(sample.data.shape, request, args.max_pixels)
-                data, alpha = upscale_sample(net, sample, request, channels, device, args.tile,
-                                             args.tile_overlap, args.fp16, args.bf16)
+                if ahead is not None:
+                    data, alpha = ahead.upscale(path, sample, request)
+                else:
+                    data, alpha = upscale_sample(net, sample, request, channels, device, args.tile,
+                                                 args.tile_overlap, args.fp16, args.bf16)
                 write_sample(sample, data, alpha, out.with_suffix(''))
                 written += 1
             except (ValueError, RuntimeError, TypeError, OSError) as err:

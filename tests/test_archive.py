@@ -319,3 +319,36 @@ def test_benchmark_script_variants_in_process(tmp_path):
     assert rows['batched']['steps'] == 3 and rows['batched']['peak'].endswith(('MiB', 'GiB'))
     assert bench.compare(str(tmp_path / 'eager_b1.zarr'), str(tmp_path / 'batched.zarr')) < 1e-5
     assert xr.open_zarr(tmp_path / 'batched.zarr')['t2m'].shape == (3, 40, 96)
+
+
+def test_image_folder_batch_equals_one_at_a_time(tmp_path, monkeypatch):
+    """--batch on a folder of .npy arrays: same-size files share a forward (window of N files), outputs
+    equal one file at a time; a file that cannot be read still fails alone."""
+    from metasr_arch.inference import runner
+    opt = {'type': 'MetaRDN', 'num_in_ch': 1, 'num_out_ch': 1, 'num_feat': 8, 'num_block': 1, 'num_layer': 2,
+           'num_grow_ch': 4, 'hidden_channels': 8, 'img_range': 1.0, 'mean': 0.0}
+    torch.manual_seed(0)
+    net = MetaRDN(**{k: v for k, v in opt.items() if k != 'type'}).eval()
+    torch.save({'params': net.state_dict(), 'network_opt': opt}, tmp_path / 'net.pth')
+    rng = np.random.default_rng(0)
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    for name, shape in (('a', (12, 16)), ('b', (12, 16)), ('c', (10, 10)), ('d', (12, 16)), ('e', (10, 10))):
+        np.save(folder / f'{name}.npy', rng.random(shape).astype(np.float32))
+    (folder / 'f.npy').write_bytes(b'not an array')
+    calls = []
+    real = runner.run_network
+    monkeypatch.setattr(runner, 'run_network', lambda net, x, *a, **k: calls.append(len(x)) or real(net, x, *a, **k))
+    assert run(folder, '--ckpt', tmp_path / 'net.pth', '--scale', '2.5', '-o', tmp_path / 'one') == 1  # f fails
+    assert calls == [1] * 5
+    calls.clear()
+    assert run(folder, '--ckpt', tmp_path / 'net.pth', '--scale', '2.5', '-o', tmp_path / 'three', '--batch', '3') == 1
+    assert sorted(calls) == [1, 2, 2]  # a+b, c+e, d
+    for name in 'abcde':
+        one, three = (np.load(tmp_path / d / f'{name}_X2.50.npy') for d in ('one', 'three'))
+        x = torch.from_numpy(np.load(folder / f'{name}.npy'))[None, None]
+        with torch.no_grad():
+            ref = net(x, scale=(2.5, 2.5))[0, 0].numpy()
+        np.testing.assert_allclose(one, ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(three, one, rtol=0, atol=1e-6 * np.ptp(one))
+    assert not (tmp_path / 'three' / 'f_X2.50.npy').exists()

@@ -19,7 +19,8 @@ from typing import List, Optional, Sequence
 
 import metasr_arch  # noqa: F401  (registers the archs and aliases functional_tensor before basicsr)
 
-from metasr_arch.deploy.export import DEFAULT_OPSET, FORMATS, ONNX_EXPORTERS, SUFFIXES, export_checked
+from metasr_arch.deploy.export import (DEFAULT_OPSET, FORMATS, ONNX_EXPORTERS, SUFFIXES, OutputFileError,
+                                       check_opset, check_output_path, export_checked)
 from metasr_arch.deploy.frozen import MODES, freeze
 from metasr_arch.inference.checkpoint import load_network
 from metasr_arch.utils.naming import Request, parse_scale_text, parse_size_text, request_tag
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--ckpt', required=True, help='checkpoint (.pth or .safetensors) with params / params_ema')
     p.add_argument('--opt', help='options YAML (its network_g); optional if the checkpoint records network_opt')
     p.add_argument('--param-key', default=None, help='params or params_ema (default: params_ema if present)')
+    p.add_argument('--allow-arch', action='append', default=[], metavar='NAME',
+                   help='trust network type NAME recorded in the checkpoint besides the plugin\'s networks '
+                        '(repeatable; docs/reliability.md)')
     p.add_argument('--scale', nargs='+', action='extend', default=[], metavar='S',
                    help="scales: '2.5' (both axes) or '2x3.5' (vertical x horizontal); several allowed")
     p.add_argument('--size', nargs='+', action='extend', default=[], metavar='HxW',
@@ -41,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch', type=int, default=1, help='the (fixed) batch size (default: 1)')
     p.add_argument('--format', default='onnx', choices=FORMATS, help='onnx (default), torchscript or exported')
     p.add_argument('-o', '--output', required=True, help='output file (the request tag is appended when several)')
+    p.add_argument('--overwrite', action='store_true', help='replace output files that exist (default: refused)')
     p.add_argument('--check', action=argparse.BooleanOptionalAction, default=True,
                    help='compare the written file with the PyTorch network (default: on)')
     p.add_argument('--onnx-exporter', default='torchscript', choices=ONNX_EXPORTERS,
@@ -75,10 +80,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         in_size = parse_size_text(args.input_size, '--input-size')
         if args.batch < 1:
             raise ValueError(f'--batch must be >= 1, got {args.batch}')
+        if args.format == 'onnx':
+            check_opset(args.opset)
         paths = output_paths(args.output, args.format, requests)
         if any(p.resolve() == Path(args.ckpt).resolve() for p in paths):
             raise ValueError(f'-o {args.output} would overwrite the checkpoint --ckpt {args.ckpt}')
-        net = load_network(args.opt, args.ckpt, args.param_key)
+        for path in paths:  # before loading anything: a bad output fails in a second, not after the export
+            check_output_path(path, args.overwrite)
+        net = load_network(args.opt, args.ckpt, args.param_key, allow_types=args.allow_arch)
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
@@ -87,9 +96,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         tag = request_tag(request)
         try:
             model = freeze(net, request, in_size, args.mode)
-            path.parent.mkdir(parents=True, exist_ok=True)
             results = export_checked(net, model, path, args.format, request, args.batch, args.check,
                                      args.onnx_exporter, args.opset)
+        except OutputFileError as err:  # the disk or folder: the other requests would fail the same way
+            print(f'error: {err}', file=sys.stderr)
+            return 2
         except (ValueError, RuntimeError) as err:
             failures += 1
             print(f'{tag}: FAILED: {err}', file=sys.stderr)

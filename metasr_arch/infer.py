@@ -10,8 +10,11 @@ given as files or folders. Each input is written once per requested scale or siz
 ``<output>/<stem>_<tag>.<ext>`` where ``tag`` is ``X2.50`` (symmetric), ``X2.00_X3.50``
 (``r_v x r_h``) or ``721x1440`` (an exact size), the same spelling as the benchmark folders.
 All output paths are planned first: an output that is an input is refused (inputs are never
-overwritten), an existing output needs ``--overwrite``, and in input folders files named like this
-run's outputs of another file there are skipped (see ``plan_outputs`` and ``collect_inputs``).
+overwritten), an existing output needs ``--overwrite``, and in input folders files named like an
+output of another file there (``<stem>_<tag>`` with any scale or size tag) are skipped, so a second
+run into the input folder never upscales the first run's outputs (see ``plan_outputs`` and
+``collect_inputs``). Image and ``.npy`` inputs or outputs with NaN/inf are refused per file unless
+``--nan-policy propagate`` (``metasr_arch.utils.finite``; docs/reliability.md).
 Requests whose output cannot fit in memory are refused before running (``metasr_arch.utils.memory``).
 
 Data conventions (why they are so):
@@ -50,7 +53,8 @@ from metasr_arch.inference.archive import ArchiveJob, NetworkSpec, upscale_archi
 from metasr_arch.inference.gridded import upscale_gridded
 from metasr_arch.utils.gridded_io import is_gridded_path, parse_time_arg
 from metasr_arch.inference.runner import LookAhead, check_max_pixels, upscale_sample
-from metasr_arch.utils.naming import Request, parse_scale_text, parse_size_text, request_tag
+from metasr_arch.utils.finite import NAN_POLICIES, NonFiniteError, check_finite, nonfinite_summary
+from metasr_arch.utils.naming import Request, parse_scale_text, parse_size_text, request_tag, tagged_bases
 from metasr_arch.utils.sample_io import ARRAY_EXTS, IMAGE_EXTS, output_suffix, read_sample, write_sample
 
 
@@ -58,22 +62,17 @@ from metasr_arch.utils.sample_io import ARRAY_EXTS, IMAGE_EXTS, output_suffix, r
 Job = Tuple[Request, str, Path]  # (request, tag, output path)
 
 
-def _earlier_output(path: Path, stems: Set[str], tags: Sequence[str]) -> bool:
-    """``<stem>_<tag>.<ext>`` where ``<stem>`` is another file of the folder and ``<tag>`` one of this run's."""
-    for tag in tags:
-        suffix = f'_{tag}'
-        if path.stem.endswith(suffix) and path.stem[:-len(suffix)] in stems:
-            return True
-    return False
+def _earlier_output(path: Path, stems: Set[str]) -> bool:
+    """``<stem>_<tag>.<ext>`` where ``<stem>`` is another file of the folder and ``<tag>`` any request tag."""
+    return any(base in stems for base in tagged_bases(path.stem))
 
 
-def collect_inputs(paths: Sequence[str], tags: Sequence[str] = ()) -> Tuple[List[Path], List[Tuple[str, str]],
-                                                                           List[Path]]:
+def collect_inputs(paths: Sequence[str]) -> Tuple[List[Path], List[Tuple[str, str]], List[Path]]:
     """Expand files and folders (non-recursive) into input files; missing paths become failures.
 
-    In folders, a file named ``<stem>_<tag>.<ext>`` beside a file ``<stem>.*``, with ``<tag>`` one of
-    ``tags`` (this run's requests), is what an earlier run wrote there: it is skipped, not upscaled again.
-    Files named explicitly are always taken.
+    In folders, a file named ``<stem>_<tag>.<ext>`` beside a file ``<stem>.*``, with ``<tag>`` any tag
+    this command writes (``X2.50``, ``X2.00_X3.50``, ``721x1440``; whatever this run's scales), is what an
+    earlier run wrote there: it is skipped, not upscaled again. Files named explicitly are always taken.
 
     Returns:
         (inputs, failures (path, reason), skipped earlier outputs).
@@ -88,7 +87,7 @@ def collect_inputs(paths: Sequence[str], tags: Sequence[str] = ()) -> Tuple[List
                 failures.append((str(path), 'folder has no image or .npy files'))
             stems = {f.stem for f in found}
             for f in found:
-                (skipped if _earlier_output(f, stems, tags) else files).append(f)
+                (skipped if _earlier_output(f, stems) else files).append(f)
         elif path.is_file() or is_gridded_path(p) and path.is_dir():
             files.append(path)
         else:
@@ -147,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exact output sizes, e.g. '721x1440'; several allowed")
     p.add_argument('--opt', help='options YAML (its network_g); optional if the checkpoint records network_opt')
     p.add_argument('--ckpt', required=True, help='checkpoint with params / params_ema')
+    p.add_argument('--allow-arch', action='append', default=[], metavar='NAME',
+                   help='trust network type NAME recorded in the checkpoint besides the plugin\'s networks '
+                        '(repeatable; docs/reliability.md)')
+    p.add_argument('--nan-policy', default='error', choices=NAN_POLICIES,
+                   help='image/.npy inputs or outputs with NaN/inf: error (default: refuse the file) or '
+                        'propagate (run and write them, with a warning per file)')
     p.add_argument('--param-key', default=None, help='params or params_ema (default: params_ema if present)')
     p.add_argument('--tile', type=int, default=None, help='tile size in input pixels (default: whole image)')
     p.add_argument('--tile-overlap', type=int, default=8, help='tile overlap in input pixels (default: 8)')
@@ -237,15 +242,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         # with --dask the client only plans the store: it may have no GPU when the workers do
         here = torch.device('cpu') if args.dask and device.type == 'cuda' and not torch.cuda.is_available() else device
-        net = load_network(args.opt, args.ckpt, args.param_key, here)
+        net = load_network(args.opt, args.ckpt, args.param_key, here, args.allow_arch)
         if args.impl is not None and not set_impl(net, args.impl):
             raise ValueError(f'--impl {args.impl}: the network has no MetaUpsample head')
         channels = network_channels(net)
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    tags = [request_tag(r) for r in requests]
-    files, failures, skipped = collect_inputs(args.inputs, tags)
+    files, failures, skipped = collect_inputs(args.inputs)
     out_dir = Path(args.output)
     try:
         (out_dir.parent if is_gridded_path(args.output) else out_dir).mkdir(parents=True, exist_ok=True)
@@ -255,12 +259,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jobs, refused = plan_outputs(files, requests, out_dir, args.overwrite)
     failures += refused
     if skipped:
-        print(f'skipped {len(skipped)} file(s) named like outputs of an earlier run with these scales '
+        print(f'skipped {len(skipped)} file(s) named like outputs of an earlier run (<input stem>_<scale tag>) '
               f'(name them explicitly to upscale them): {", ".join(str(p) for p in skipped)}', file=sys.stderr)
     written = 0
     images = sum(len(j) for p, j in jobs.items() if not is_gridded_path(str(p)))
     bar = tqdm(total=images, unit='img', disable=args.quiet or not images, desc='upscaling')
-    spec = NetworkSpec(args.ckpt, args.opt, args.param_key, args.impl, str(device))
+    spec = NetworkSpec(args.ckpt, args.opt, args.param_key, args.impl, str(device), tuple(args.allow_arch))
     ahead = None
     if args.batch and args.batch > 1 and images:  # same-size images of the run, N per forward
         ahead = LookAhead(net, channels, device, args.batch,
@@ -289,6 +293,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         try:
             sample = read_sample(path)
+            if args.nan_policy == 'error':
+                check_finite(sample.data, f'input {path}')
         except ValueError as err:
             failures.append((str(path), str(err)))
             bar.update(len(path_jobs))
@@ -302,6 +308,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 else:
                     data, alpha = upscale_sample(net, sample, request, channels, device, args.tile,
                                                  args.tile_overlap, args.fp16, args.bf16)
+                summary = nonfinite_summary(data)
+                if summary and args.nan_policy == 'error':
+                    raise NonFiniteError(f'output has {summary}; not written (--nan-policy propagate writes it)')
+                if summary:
+                    print(f'warning: {out}: output has {summary} (--nan-policy propagate)', file=sys.stderr)
                 write_sample(sample, data, alpha, out.with_suffix(''))
                 written += 1
             except (ValueError, RuntimeError, TypeError, OSError) as err:

@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--ckpt', required=True, help='checkpoint (params / params_ema)')
     p.add_argument('--opt', default=None, help='options YAML, unless the checkpoint records network_opt')
     p.add_argument('--param-key', default=None)
+    p.add_argument('--allow-arch', action='append', default=[], metavar='NAME',
+                   help='trust network type NAME recorded in the checkpoint (repeatable; docs/reliability.md)')
     p.add_argument('--scales', nargs='+', required=True, metavar='S', help="e.g. 2 3 2x3.5 (r_v x r_h)")
     p.add_argument('--crop', nargs=4, type=int, metavar=('Y', 'X', 'H', 'W'), default=None,
                    help='HR window (default: centred square of up to 96 pixels)')
@@ -147,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error('--zoom must be >= 1 and --pad >= 0')
     try:
         device = torch.device(args.device)
-        net = load_network(args.opt, args.ckpt, args.param_key, device)
+        net = load_network(args.opt, args.ckpt, args.param_key, device, args.allow_arch)
         sample = read_sample(args.gt)
         if sample.kind != 'image':
             raise ValueError(f'--gt {args.gt}: expected an image')

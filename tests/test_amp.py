@@ -286,6 +286,6 @@ def test_infer_cli_bf16_on_cpu(tmp_path):
     for flag in ('--bf16', '--fp16'):
         out_dir = tmp_path / flag.strip('-')
         assert main([str(tmp_path / 'a.png'), '--ckpt', str(path), '--scale', '2.5', '--device', 'cpu', '--quiet',
-                     flag, '-o', str(out_dir)]) == 0
+                     flag, '-o', str(out_dir), '--allow-arch', 'InferTinyNet']) == 0
         got = cv2.imread(str(out_dir / 'a_X2.50.png')).astype(int)
         assert np.abs(got - ref).max() <= 3  # 8-bit levels

@@ -352,3 +352,30 @@ def test_image_folder_batch_equals_one_at_a_time(tmp_path, monkeypatch):
         np.testing.assert_allclose(one, ref, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(three, one, rtol=0, atol=1e-6 * np.ptp(one))
     assert not (tmp_path / 'three' / 'f_X2.50.npy').exists()
+
+
+def test_zarr_store_equals_netcdf_on_a_cf_file_with_packing_and_missing_values(tmp_path):
+    """The streamed store of a regional CF file (360-day time, int16 packing, missing values) holds what
+    the NetCDF writer writes: the same values (to the packing's precision), missing points, attributes, time."""
+    from test_gridded_masks import write_cf_file
+    src_path = write_cf_file(tmp_path / 'rcm.nc')
+    net_opt = {'type': 'MetaRDN', 'num_in_ch': 2, 'num_out_ch': 2, 'num_feat': 8, 'num_block': 1, 'num_layer': 2,
+               'num_grow_ch': 4, 'hidden_channels': 8, 'img_range': 1.0, 'mean': 0.0}
+    torch.manual_seed(0)
+    net = MetaRDN(**{k: v for k, v in net_opt.items() if k != 'type'})
+    torch.save({'params': net.state_dict(), 'network_opt': net_opt, 'normalization': {
+        'type': 'mean_std', 'variables': ['tas', 'pr'], 'mean': [282.5, 0.5], 'std': [1.5, 0.3]}}, tmp_path / 'n.pth')
+    base = [src_path, '--ckpt', tmp_path / 'n.pth', '--size', '11x15']
+    assert run(*base, '-o', tmp_path / 'o.nc') == 0
+    assert run(*base, '-o', tmp_path / 'o.zarr', '--batch', '2') == 0
+    nc, zr = xr.open_dataset(tmp_path / 'o.nc'), xr.open_zarr(tmp_path / 'o.zarr')
+    # the store is float32 (whether packed values fit is known only once every step is computed): NetCDF's
+    # int16 tas is rounded to its scale_factor 0.01, the float32 pr is the same
+    assert zr['tas'].encoding['dtype'] == np.float32 and nc['tas'].encoding['dtype'] == np.int16
+    for v, atol in (('tas', 0.005 + 1e-4), ('pr', 1e-6)):
+        np.testing.assert_allclose(zr[v].values, nc[v].values, rtol=0, atol=atol)
+        np.testing.assert_array_equal(np.isnan(zr[v].values), np.isnan(nc[v].values))
+        assert zr[v].attrs == nc[v].attrs
+    assert list(zr['time'].values) == list(nc['time'].values)
+    assert {k: v for k, v in zr.attrs.items() if k not in ('history', archive.RUN_ATTR)} == \
+        {k: v for k, v in nc.attrs.items() if k != 'history'}

@@ -86,7 +86,8 @@ def expected(net: nn.Module, bgr: np.ndarray, scale=None, out_size=None) -> np.n
 
 
 def run_cli(*args) -> int:
-    return main([str(a) for a in args] + ['--quiet', '--device', 'cpu'])
+    # InferTinyNet is this file's own arch: a checkpoint recording it is trusted only by name
+    return main([str(a) for a in args] + ['--quiet', '--device', 'cpu', '--allow-arch', 'InferTinyNet'])
 
 
 def test_parse_scale_and_size_texts():
@@ -314,7 +315,7 @@ def test_module_and_script_entry_points(tmp_path, ckpt):
         code = ('import sys, runpy; sys.path.insert(0, %r); import test_infer; sys.argv = %r; '
                 'runpy.run_%s(%r, run_name="__main__")') % (
             here, ['infer', str(tmp_path / 'a.png'), '--ckpt', str(ckpt), '--scale', '2', '--quiet',
-                   '-o', str(tmp_path / 'o')],
+                   '-o', str(tmp_path / 'o'), '--allow-arch', 'InferTinyNet'],
             'module' if entry[0] == '-m' else 'path', entry[-1])
         proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=root)
         assert proc.returncode == 0, proc.stderr

@@ -188,7 +188,8 @@ def test_visual_compare_grid_size_and_cells(tmp_path):
     out = tmp_path / 'grid.png'
     crop = (4, 6, 12, 14)
     assert visual.main(['--gt', str(tmp_path / 'gt.png'), '--ckpt', str(tmp_path / 'n.pth'), '--scales', '2', '3',
-                        '2x3.5', '--crop', *map(str, crop), '--zoom', '2', '--pad', '3', '--out', str(out)]) == 0
+                        '2x3.5', '--crop', *map(str, crop), '--zoom', '2', '--pad', '3',
+                        '--allow-arch', 'InferTinyNet', '--out', str(out)]) == 0
     grid = cv2.imread(str(out))
     assert grid.shape[:2] == visual.grid_size(3, (12, 14), zoom=2, pad=3) == (
         visual.LABEL_H + 3 * (visual.LABEL_H + 24) + 4 * 3, 4 * 28 + 5 * 3)
@@ -222,7 +223,8 @@ def test_visual_compare_rejects_crop_outside(tmp_path, capsys):
     cv2.imwrite(str(tmp_path / 'gt.png'), rgb_image(20, 20))
     torch.save({'params': make_net(2).state_dict(), 'network_opt': dict(NET_OPT)}, tmp_path / 'n.pth')
     assert visual.main(['--gt', str(tmp_path / 'gt.png'), '--ckpt', str(tmp_path / 'n.pth'), '--scales', '3',
-                        '--crop', '10', '10', '10', '10', '--out', str(tmp_path / 'g.png')]) == 2
+                        '--crop', '10', '10', '10', '10', '--allow-arch', 'InferTinyNet',
+                        '--out', str(tmp_path / 'g.png')]) == 2
     assert '--crop' in capsys.readouterr().err
 
 

@@ -70,6 +70,10 @@ class FixedScaleRDN(MetaRDN):
         self.scale = int(scale)
         self.upsample = PixelShuffleHead(num_feat, num_out_ch, self.scale)
 
+    def residual_last_layer(self) -> nn.Module:
+        """The pixel-shuffle head's last convolution (zeroed by ``zero_init_residual``)."""
+        return self.upsample.conv_last
+
     @property
     def impl(self) -> str:
         """'pixelshuffle': there is no Meta-upscale operator to choose an implementation for."""

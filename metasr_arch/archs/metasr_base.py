@@ -6,7 +6,7 @@ It holds the mean shift with ``img_range``, the scale-range warning, the option 
 import math
 import warnings
 from numbers import Real
-from typing import Optional, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -21,6 +21,8 @@ DEFAULT_RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K RGB mean, as in BasicSR's R
 MeanArg = Union[float, Sequence[float]]
 ScaleRangeArg = Optional[Sequence]
 _RANGE_EPS = 1e-9  # scales on the range's edges are inside it despite float noise
+# persistent flag buffer of a network trained as a residual over bicubic from a zero start (bicubic_skip)
+RESIDUAL_FLAG = 'bicubic_residual'
 
 
 def check_positive_int(value, name: str) -> int:
@@ -133,6 +135,8 @@ class MetaSRNet(nn.Module):
         """
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f'x must be a 4-D tensor (N, C, h, w), got {getattr(x, "shape", type(x).__name__)}')
+        if not x.is_floating_point():  # uint8 images would wrap around in the mean shift
+            raise TypeError(f'x must be a floating-point tensor (an image scaled to [0, 1]), got {x.dtype}')
         if x.shape[1] != self.num_in_ch:
             raise ValueError(f'x has {x.shape[1]} channels, the network expects {self.num_in_ch}')
         spec = resolve_scale(x.shape[2], x.shape[3], scale, out_size)
@@ -157,6 +161,46 @@ class MetaSRNet(nn.Module):
         """(N, C_in, h, w) image -> (N, C_feat, h, w) features for the head (mean removed, times img_range)."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ residual over bicubic (bicubic_skip)
+    def residual_last_layer(self) -> nn.Module:
+        """The layer whose output is the network's (up to scaling): the weight predictor's last Linear."""
+        return self.upsample.pos2weight.meta_block[-1]
+
+    @property
+    def predicts_residual(self) -> bool:
+        """True once ``zero_init_residual`` (or a checkpoint holding its flag) made the output a residual."""
+        return RESIDUAL_FLAG in self._buffers
+
+    def mark_residual(self) -> None:
+        """Make ``forward`` return a residual: the mean is no longer added back (``mean_out`` zeroed).
+
+        A persistent flag buffer (``bicubic_residual``) records it in the state dict, so a network rebuilt
+        from its options and loaded from the checkpoint becomes a residual network too
+        (``_load_from_state_dict``); checkpoints without the flag keep adding the mean, as trained.
+        """
+        if not self.predicts_residual:
+            self.register_buffer(RESIDUAL_FLAG, torch.ones((), device=self.mean_out.device))
+        self.mean_out.zero_()
+
+    def zero_init_residual(self) -> None:
+        """Start exactly at zero: the last layer of the output branch zeroed and the mean not added.
+
+        Under MetaSRModel's ``bicubic_skip`` (output = network + bicubic of the input) the model then starts
+        exactly at bicubic. The branch still learns: the zeroed layer's gradient is its input times the
+        upstream gradient, which is not zero.
+        """
+        last = self.residual_last_layer()
+        with torch.no_grad():
+            last.weight.zero_()
+            if last.bias is not None:
+                last.bias.zero_()
+        self.mark_residual()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + RESIDUAL_FLAG in state_dict:  # weights of a residual network: adopt its flag first
+            self.mark_residual()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x: torch.Tensor, scale: ScaleArg = None, out_size: SizeArg = None) -> torch.Tensor:
         """Super-resolve ``x`` (N, C_in, h, w) by ``scale`` (float or (r_v, r_h)) or to ``out_size`` (H, W).
 
@@ -166,3 +210,36 @@ class MetaSRNet(nn.Module):
         self._resolve(x, scale, out_size)  # fail before the trunk runs
         out = self.upsample(self.forward_trunk(x), scale=scale, out_size=out_size)
         return out / self.img_range + self.mean_out.to(out.dtype)
+
+
+def mark_residual_from_state(net: nn.Module, state: Mapping[str, torch.Tensor]) -> bool:
+    """``mark_residual`` every ``MetaSRNet`` inside ``net`` whose flag buffer is in ``state`` (before a strict
+    key comparison; ``load_state_dict`` adopts the flag by itself). Returns True when any was marked."""
+    marked = False
+    for name, module in net.named_modules():
+        if isinstance(module, MetaSRNet) and (f'{name}.' if name else '') + RESIDUAL_FLAG in state:
+            module.mark_residual()
+            marked = True
+    return marked
+
+
+def start_at_bicubic(opt: Mapping, *nets: Optional[nn.Module]) -> int:
+    """MetaSRModel's ``bicubic_skip`` from scratch: ``zero_init_residual`` on each of ``nets`` (None skipped).
+
+    Nothing happens without ``bicubic_skip`` or when weights are loaded (``path.pretrain_network_g``,
+    set by resuming too). A network without ``zero_init_residual`` is left as it is, with a warning.
+    Returns the number of networks zeroed.
+    """
+    if not opt.get('bicubic_skip') or (opt.get('path') or {}).get('pretrain_network_g'):
+        return 0
+    done = 0
+    for net in nets:
+        if net is None:
+            continue
+        if callable(getattr(net, 'zero_init_residual', None)):
+            net.zero_init_residual()
+            done += 1
+        else:
+            warnings.warn(f'bicubic_skip: {type(net).__name__} has no zero_init_residual(); it does not start '
+                          'at bicubic', UserWarning, stacklevel=2)
+    return done

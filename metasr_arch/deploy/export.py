@@ -5,7 +5,10 @@ Shapes are static: the batch size, the input size (h, w) and hence the output si
 time. (BasicSR's SwinIR blocks compute the batch size with Python ``int()`` from tensor shapes, which
 tracing freezes, so a dynamic batch axis would silently mix images; a static one is always right.)
 """
+import errno
+import io
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
@@ -25,6 +28,64 @@ DEFAULT_OPSET = 18
 # --check passes when max |exported - PyTorch| <= CHECK_RTOL * max(1, max |PyTorch|)
 CHECK_RTOL = 1e-4
 INPUT_NAME, OUTPUT_NAME = 'lr', 'sr'
+
+
+def opset_range() -> Tuple[int, int]:
+    """(lowest, highest) ONNX opset this torch exports; below 7 ONNX Runtime cannot run the graph."""
+    try:
+        from torch.onnx import _constants
+        return max(7, _constants.ONNX_MIN_OPSET), _constants.ONNX_MAX_OPSET
+    except (ImportError, AttributeError):  # private module: the values of torch 2.14
+        return 7, 23
+
+
+def check_opset(opset) -> int:
+    """Return ``opset`` when torch exports it (``opset_range``), else raise ValueError naming ``--opset``."""
+    lo, hi = opset_range()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not lo <= opset <= hi:
+        raise ValueError(f'--opset {opset!r}: torch {torch.__version__} exports ONNX opsets {lo} to {hi}')
+    return opset
+
+
+class OutputFileError(ValueError):
+    """An export output that cannot or may not be written: a folder, an existing file, a read-only
+    folder, a full disk. The message names the path."""
+
+
+def check_output_path(path: Path, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output that is a folder, exists without ``overwrite``, or whose folder
+    cannot be created or written (a probe file is created and removed there).
+
+    Raises:
+        OutputFileError naming ``path``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputFileError(f'-o {path}: is a folder; give a file name (e.g. {path / "model"}{path.suffix})')
+    if path.exists() and not overwrite:
+        raise OutputFileError(f'-o {path}: exists; pass --overwrite to replace it')
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as err:
+        raise OutputFileError(f'-o {path}: cannot write in {path.parent} ({err.strerror or err})') from None
+
+
+def _io_failure(err: BaseException) -> Optional[str]:
+    """The reason of an exporter's failure to write its file, or None for any other failure.
+
+    ``torch.jit.save``/``torch.export.save`` report file errors as RuntimeError from C++ with the
+    system's message (``open file failed with strerror: ...``, ``file write failed``)."""
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    text = str(err)
+    for marker in ('strerror:', 'file write failed', 'No space left on device', 'Read-only file system',
+                   'Permission denied'):
+        if marker in text:
+            tail = text.split(marker, 1)[1].strip().splitlines()[0] if marker == 'strerror:' else marker
+            return tail.strip(' .') or marker
+    return None
 
 
 def _tmp_path(path: Path) -> Path:
@@ -57,9 +118,14 @@ def write_export(model: nn.Module, path: Path, fmt: str, example: torch.Tensor, 
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore', FutureWarning)  # torch.jit.trace is deprecated but still shipped
                 traced = torch.jit.trace(model, (example,), check_trace=False)
-            torch.jit.save(traced, str(path))
+            # saved in memory, then written: torch's C++ writer aborts the process on a full disk
+            buf = io.BytesIO()
+            torch.jit.save(traced, buf)
+            Path(path).write_bytes(buf.getvalue())
         else:
-            torch.export.save(torch.export.export(model, (example,)), str(path))
+            buf = io.BytesIO()
+            torch.export.save(torch.export.export(model, (example,)), buf)
+            Path(path).write_bytes(buf.getvalue())
 
 
 def load_runner(path: Path, fmt: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -139,14 +205,25 @@ def export_checked(net: nn.Module, model: nn.Module, path: Path, fmt: str, reque
     is off), so a failing export never sits under the requested name.
 
     Returns:
-        the check results (None without ``check``). Raises RuntimeError naming the failures.
+        the check results (None without ``check``).
+    Raises:
+        RuntimeError naming the failed comparisons; OutputFileError naming ``path`` when it cannot be
+        written (full disk, read-only folder); ValueError for an opset outside ``opset_range``.
     """
     path = Path(path)
+    if fmt == 'onnx':
+        check_opset(opset)
     h, w = model.in_size
     shape = (batch, network_channels(model.net), h, w)
     tmp = _tmp_path(path)
     try:
-        write_export(model, tmp, fmt, torch.zeros(shape), onnx_exporter, opset)
+        try:
+            write_export(model, tmp, fmt, torch.zeros(shape), onnx_exporter, opset)
+        except (OSError, RuntimeError) as err:
+            reason = _io_failure(err)
+            if reason is None:
+                raise
+            raise OutputFileError(f'-o {path}: cannot write ({reason})') from None
         results = None
         if check:
             results = check_export(net, load_runner(tmp, fmt), request, shape)
@@ -154,9 +231,17 @@ def export_checked(net: nn.Module, model: nn.Module, path: Path, fmt: str, reque
             if failed:
                 raise RuntimeError(f'{path}: the exported model differs from the PyTorch network: ' + '; '.join(
                     f'{r.name} input: max error {r.max_error:.3g} > {r.tolerance:.3g}' for r in failed))
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as err:
+            raise OutputFileError(f'-o {path}: cannot write ({err.strerror or err})') from None
         return results
     finally:
-        if tmp.exists():
+        try:
             tmp.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:  # a read-only folder: nothing was written there anyway
+            if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
 

@@ -29,10 +29,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from metasr_arch.inference.gridded import affine_for, denormalise, finish_step, network_variables, prepare_step
+from metasr_arch.inference.gridded import finish_step, open_for_network, prepare_step
 from metasr_arch.inference.runner import check_max_pixels, run_network
 from metasr_arch.ops.geometry import resolve_scale
-from metasr_arch.utils.gridded_io import GriddedSource, output_coords, output_dataset, require_xarray
+from metasr_arch.utils.finite import nonfinite_summary
+from metasr_arch.utils.gridded_io import GriddedSource, output_dataset, output_grid, require_xarray
 from metasr_arch.utils.memory import head_bytes, memory_limit
 from metasr_arch.utils.naming import Request, request_tag
 
@@ -52,11 +53,13 @@ class NetworkSpec:
     param_key: Optional[str] = None
     impl: Optional[str] = None
     device: str = 'cpu'
+    allow_arch: Tuple[str, ...] = ()
 
     def load(self):
-        """The network, in eval mode on ``device`` (``checkpoint.load_network``)."""
+        """The network, in eval mode on ``device`` (``checkpoint.load_network``; ``allow_arch``: the CLI's
+        ``--allow-arch``)."""
         from metasr_arch.inference.checkpoint import load_network, set_impl
-        net = load_network(self.opt, self.ckpt, self.param_key, torch.device(self.device))
+        net = load_network(self.opt, self.ckpt, self.param_key, torch.device(self.device), self.allow_arch)
         if self.impl is not None and not set_impl(net, self.impl):
             raise ValueError(f'--impl {self.impl}: the network has no MetaUpsample head')
         return net
@@ -95,6 +98,7 @@ class StorePlan:
     in_shape: Tuple[int, int, int]
     out_hw: Tuple[int, int]
     has_time: bool
+    fill: str = 'nearest'
     extra: Dict = field(default_factory=dict)
 
     @property
@@ -199,10 +203,11 @@ def mark_done(out_path: str, k: int) -> None:
     os.replace(tmp, os.path.join(folder, str(k)))
 
 
-def open_source(job: ArchiveJob, net_variables: Sequence[str]) -> GriddedSource:
-    """The input of ``job`` (lazily opened)."""
+def open_source(net, job: ArchiveJob):
+    """The input of ``job`` as ``net`` reads it (``gridded.open_for_network``): (src, variables, offset,
+    scale, fill); opened lazily."""
     time_slice = list(job.time_slice) if job.time_slice is not None else None
-    return GriddedSource(job.path, list(net_variables), time_slice, option='input')
+    return open_for_network(net, job.path, job.variables, time_slice)
 
 
 def prepare_store(net, job: ArchiveJob, checkpoint: Dict, overwrite: bool = False,
@@ -215,8 +220,7 @@ def prepare_store(net, job: ArchiveJob, checkpoint: Dict, overwrite: bool = Fals
     """
     xr = require_xarray()
     import dask.array as da
-    variables = network_variables(net, job.variables)
-    src = open_source(job, variables)
+    src, variables, _, _, fill = open_source(net, job)
     in_shape = (len(variables), len(src.lat), len(src.lon))
     kind, value = job.request
     check_max_pixels(in_shape, job.request, job.max_pixels)
@@ -243,14 +247,14 @@ def prepare_store(net, job: ArchiveJob, checkpoint: Dict, overwrite: bool = Fals
         chunk = stored_ds[variables[0]].encoding.get('chunks', (steps,))[0] if has_time else 1
     else:
         chunk = (job.chunk or batch) if has_time else 1
-        out_lat, out_lon = output_coords(src.lat, src.lon, *out_hw)
-        lazy = da.zeros((steps, len(variables)) + out_hw, dtype=np.float32,
-                        chunks=(chunk, 1) + out_hw)
-        times = [src.time_value(i) for i in range(steps)] if has_time else None
-        ds = output_dataset(src, variables, lazy, out_lat, out_lon, times)
+        out_lat, out_lon = output_grid(src, *out_hw)
+        lazy = (da.zeros((steps, len(variables)) + out_hw, dtype=np.float32, chunks=(chunk, 1) + out_hw) if has_time
+                else da.zeros((len(variables),) + out_hw, dtype=np.float32, chunks=(1,) + out_hw))
+        # output_dataset sets the CF encodings (dtype, _FillValue): chunks not yet written read as missing
+        ds = output_dataset(src, variables, lazy, out_lat, out_lon)
         ds.attrs[RUN_ATTR] = json.dumps(record)
         for v in variables:
-            ds[v].encoding.update({'chunks': ((chunk,) if has_time else ()) + out_hw, '_FillValue': np.float32(np.nan)})
+            ds[v].encoding['chunks'] = ((chunk,) if has_time else ()) + out_hw
         tmp = f'{out.rstrip(os.sep)}.{os.getpid()}.tmp'
         if os.path.exists(tmp):
             _remove_store(tmp)
@@ -263,7 +267,7 @@ def prepare_store(net, job: ArchiveJob, checkpoint: Dict, overwrite: bool = Fals
                 _remove_store(tmp)
     chunks = [(a, min(a + chunk, steps)) for a in range(0, steps, chunk)]
     return StorePlan(out, variables, chunks, [k for k in _done_chunks(out) if k < len(chunks)], batch, in_shape,
-                     out_hw, has_time)
+                     out_hw, has_time, fill)
 
 
 def _remove_store(path: str) -> None:
@@ -298,20 +302,30 @@ class Forward:
                            self.job.fp16, self.job.bf16)
 
 
-def compute_chunk(net, job: ArchiveJob, src: GriddedSource, plan: StorePlan, a: int, b: int,
+def compute_chunk(net, job: ArchiveJob, source, plan: StorePlan, a: int, b: int,
                   forward: Optional[Forward] = None, device='cpu',
                   on_steps: Optional[Callable[[int], None]] = None) -> np.ndarray:
-    """Steps [a, b) in forwards of ``plan.batch``: (b - a, C, H, W) float32 in physical units, input row order."""
-    offset, scale = affine_for(net, len(plan.variables))
+    """Steps [a, b) in forwards of ``plan.batch`` (``source``: ``open_source``'s tuple).
+
+    Returns:
+        (b - a, C, H, W) float32 in physical units, rows in the file's order, NaN where the input is missing.
+    Raises:
+        NonFiniteError (a ValueError) when the network gives NaN or inf: nothing of the chunk is written.
+    """
+    from metasr_arch.utils.finite import NonFiniteError
+    src, _, offset, scale, fill = source
     forward = forward or Forward(net, job, plan.in_shape[1:], plan.batch)
     out = np.empty((b - a, len(plan.variables)) + plan.out_hw, dtype=np.float32)
     for s in range(a, b, plan.batch):
         e = min(s + plan.batch, b)
-        items = [prepare_step(src, i, offset, scale) for i in range(s, e)]
-        x = torch.from_numpy(np.stack([x for x, _ in items])).to(device)
-        y = denormalise(forward(x), offset, scale)
+        items = [prepare_step(src, i, offset, scale, fill) for i in range(s, e)]
+        y = forward(torch.from_numpy(np.stack([x for x, _ in items])).to(device))
+        summary = nonfinite_summary(y)
+        if summary:
+            raise NonFiniteError(f'the network gave {summary} for steps {s}..{e - 1}; nothing of them is written')
+        y = y.cpu().numpy().astype(np.float64) * scale[:, None, None] + offset[:, None, None]
         for j, (_, valid) in enumerate(items):
-            out[s - a + j] = finish_step(y[j], valid, src.flip)
+            out[s - a + j] = finish_step(y[j], valid, src)
         if on_steps is not None:
             on_steps(e - s)
     return out
@@ -321,8 +335,6 @@ def write_chunk(plan: StorePlan, k: int, fields: np.ndarray) -> None:
     """Write chunk ``k`` (its region of the store), then record it as done (``mark_done``)."""
     xr = require_xarray()
     a, b = plan.chunks[k]
-    if not np.isfinite(fields).all():
-        raise ValueError(f'the network gave NaN or inf for steps {a}..{b - 1}; nothing of them is recorded')
     with quiet_zarr():
         dims = xr.open_zarr(plan.out_path, consolidated=None)[plan.variables[0]].dims
     region = xr.Dataset({v: (dims, fields[:, c] if plan.has_time else fields[0, c])
@@ -334,10 +346,11 @@ def write_chunk(plan: StorePlan, k: int, fields: np.ndarray) -> None:
     mark_done(plan.out_path, k)
 
 
-def run_chunk(net, job: ArchiveJob, plan: StorePlan, k: int, src: Optional[GriddedSource] = None,
+def run_chunk(net, job: ArchiveJob, plan: StorePlan, k: int, source=None,
               forward: Optional[Forward] = None, device='cpu', on_steps=None) -> int:
-    """Compute, write and record chunk ``k``; returns its number of steps."""
-    src = src or open_source(job, plan.variables)
+    """Compute, write and record chunk ``k`` (``source``: ``open_source``'s tuple, opened when None);
+    returns its number of steps."""
+    src = source or open_source(net, job)
     a, b = plan.chunks[k]
     write_chunk(plan, k, compute_chunk(net, job, src, plan, a, b, forward, device, on_steps))
     return b - a
@@ -439,7 +452,7 @@ def upscale_archive(net, job: ArchiveJob, spec: NetworkSpec, overwrite: bool = F
     if runner is not None:
         peak = runner(job, spec, plan, progress)
     else:
-        src = open_source(job, plan.variables)
+        src = open_source(net, job)
         forward = Forward(net, job, plan.in_shape[1:], plan.batch) if plan.pending else None
         for k in plan.pending:
             run_chunk(net, job, plan, k, src, forward, device, progress.update)

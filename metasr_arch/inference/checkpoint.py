@@ -1,14 +1,24 @@
 """Loading trained networks for inference: network options (from the checkpoint or an options file),
 strict state-dict loading through BasicSR's registry, and small helpers on the loaded network (operator
-implementation, input channels). Files are read by ``metasr_arch.utils.checkpoint`` (weights only)."""
-from typing import Dict, Optional, Union
+implementation, input channels). Files are read by ``metasr_arch.utils.checkpoint`` (weights only).
+
+Options recorded in a checkpoint build only trusted types and name no file (``utils.trust``); whatever
+builds the network (an options file may name BasicSR archs whose constructors load files) reads with
+``weights_only=True``, even with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``; weights with NaN/inf are refused.
+"""
+import pickle
+from typing import Dict, Iterable, Optional, Union
 
 import torch
 from torch import nn
 
 from metasr_arch.archs.meta_upsample_arch import MetaUpsample
-from metasr_arch.utils.checkpoint import load_checkpoint, select_params
+from metasr_arch.archs.metasr_base import MetaSRNet, mark_residual_from_state
+from metasr_arch.utils.checkpoint import err_detail, load_checkpoint, select_params
+from metasr_arch.utils.finite import check_finite_state
+from metasr_arch.utils.launch import weights_only_loads
 from metasr_arch.utils.options import check_network_options
+from metasr_arch.utils.trust import check_recorded_network, drop_pretrained
 
 
 def _load_yaml(path: str) -> dict:
@@ -36,14 +46,25 @@ def build_and_load(network_opt: dict, state: Dict[str, torch.Tensor], source: st
         section: where ``network_opt`` comes from (``--opt X network_g``, ...), for messages.
     Raises:
         ValueError naming the network type and the mismatching keys/shapes; OptionError (a ValueError)
-        naming ``section`` for an unregistered type or an unknown option key.
+        naming ``section`` for an unregistered type or an unknown option key; NonFiniteError (a
+        ValueError) naming the first weight with NaN/inf values.
     """
     from basicsr.archs import build_network
     net_type = network_opt.get('type')
     check_network_options(network_opt, section)
-    net = build_network(network_opt)
     # Checkpoints saved from DistributedDataParallel wrappers prefix every key with 'module.'.
     state = {(k[7:] if k.startswith('module.') else k): v for k, v in state.items()}
+    check_finite_state(state, source)  # before building: a NaN weight would write all-black images
+    try:
+        with weights_only_loads():  # a constructor loading a file (SpyNet's load_path) reads weights only
+            net = build_network(network_opt)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f'{section}: building {net_type} loads a file that holds objects other than tensors '
+                         f'and plain containers; refused, it is only read with weights_only=True '
+                         f'({err_detail(err)})') from None
+    except OSError as err:
+        raise ValueError(f'{section}: building {net_type} failed to read a file: {err}') from None
+    mark_residual_from_state(net, state)  # weights trained as a residual over bicubic carry a flag
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -62,7 +83,7 @@ def build_and_load(network_opt: dict, state: Dict[str, torch.Tensor], source: st
 
 
 def load_network(opt: Optional[str] = None, ckpt: Optional[str] = None, param_key: Optional[str] = None,
-                 device: Union[str, torch.device] = 'cpu') -> nn.Module:
+                 device: Union[str, torch.device] = 'cpu', allow_types: Iterable[str] = ()) -> nn.Module:
     """A network ready for inference, from an options YAML plus checkpoint, or a checkpoint alone.
 
     Args:
@@ -71,21 +92,29 @@ def load_network(opt: Optional[str] = None, ckpt: Optional[str] = None, param_ke
         ckpt: checkpoint path (BasicSR format ``{'params': ..., 'params_ema': ...}``, ``.pth`` or ``.safetensors``).
         param_key: which weights to use; default ``params_ema`` when present, else ``params``.
         device: where the network goes.
+        allow_types: network types the user trusts beyond the plugin's (``--allow-arch``), for options
+            recorded in the checkpoint (``utils.trust.check_recorded_network``).
+    Raises:
+        ValueError (``UntrustedNetworkError``, ``NonFiniteError``, ...) naming the file and what is wrong.
     """
     if ckpt is None:
         raise ValueError('--ckpt is required (a checkpoint with params or params_ema)')
     checkpoint = load_checkpoint(ckpt)
-    if opt is not None:
+    if opt is not None:  # the user's own options: any registered type, files read weights-only
         network_opt, section = _load_yaml(opt), f'--opt {opt} network_g'
+        drop_pretrained(network_opt, 'network_g', f'--opt {opt}')
     elif isinstance(checkpoint.get('network_opt'), dict):
-        network_opt, section = dict(checkpoint['network_opt']), f'network_opt recorded in --ckpt {ckpt}'
+        section = f'network_opt recorded in --ckpt {ckpt}'
+        network_opt = check_recorded_network(checkpoint['network_opt'], section, allow_types)
     else:
         raise ValueError(f'--ckpt {ckpt} records no network_opt; pass the training options with --opt')
     state, key = select_params(checkpoint, param_key, ckpt)
     net = build_and_load(network_opt, state, source=f'--ckpt {ckpt} [{key}]', section=section)
     # MetaSRModel's bicubic_skip: the network predicts the residual over bicubic, recorded in the checkpoint
     # (or set at the top level of the training options file)
-    net.metasr_bicubic_skip = bool(checkpoint.get('bicubic_skip', False) or _yaml_bicubic_skip(opt))
+    # (a network whose weights carry the residual flag was trained so whatever the options say)
+    net.metasr_bicubic_skip = bool(checkpoint.get('bicubic_skip', False) or _yaml_bicubic_skip(opt)
+                                   or any(isinstance(m, MetaSRNet) and m.predicts_residual for m in net.modules()))
     # MetaSRXarrayDataset's per-variable statistics: gridded inference normalises and denormalises with them
     net.metasr_normalization = checkpoint.get('normalization')
     return net.to(device)

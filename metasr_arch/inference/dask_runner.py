@@ -44,7 +44,7 @@ def _worker_chunk(job: ArchiveJob, spec: NetworkSpec, plan: StorePlan, k: int, t
     runs = _WORKER_STATE.setdefault('runs', {})
     key = (spec, job, plan.out_path)
     if key not in runs:
-        runs[key] = (open_source(job, plan.variables), Forward(net, job, plan.in_shape[1:], plan.batch))
+        runs[key] = (open_source(net, job), Forward(net, job, plan.in_shape[1:], plan.batch))
     src, forward = runs[key]
     steps = run_chunk(net, job, plan, k, src, forward, torch.device(spec.device))
     return {'chunk': k, 'steps': steps, 'peak_rss': peak_rss_bytes(), 'pid': os.getpid()}

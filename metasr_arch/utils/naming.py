@@ -2,12 +2,15 @@
 
 Used by the inference CLI, the data tools, the paired dataset and the model's validation records.
 """
-from typing import Tuple
+import re
+from typing import List, Tuple
 
 from metasr_arch.ops.geometry import parse_scale
 from metasr_arch.utils.numbers import NUMBER_FORMS, parse_int, parse_real, split_pair
 
 Request = Tuple[str, Tuple[float, float]]  # ('scale', (r_v, r_h)) or ('size', (H, W))
+# every tag request_tag can write: X2.50, X2.00_X3.50, 721x1440
+TAG_RE = re.compile(r'X\d+\.\d*(?:_X\d+\.\d*)?|\d+x\d+')
 
 
 def parse_scale_text(text: str, name: str = '--scale') -> Tuple[float, float]:
@@ -59,3 +62,11 @@ def request_tag(request: Request) -> str:
     """Tag of a request: ``scale_tag`` for scales, ``HxW`` for exact sizes."""
     kind, (a, b) = request
     return scale_tag(a, b) if kind == 'scale' else f'{int(a)}x{int(b)}'
+
+
+def tagged_bases(stem: str) -> List[str]:
+    """Every ``base`` for which ``stem`` is ``<base>_<tag>`` with ``<tag>`` any tag ``request_tag`` writes.
+
+    ``'a_X2.00_X3.00'`` -> ``['a', 'a_X2.00']``; ``'photo'`` -> ``[]``.
+    """
+    return [stem[:i] for i, c in enumerate(stem) if c == '_' and i > 0 and TAG_RE.fullmatch(stem[i + 1:])]

@@ -43,7 +43,7 @@ from metasr_arch.archs.periodic import bicubic_for
 from metasr_arch.ops.geometry import parse_scale, resolve_scale
 from metasr_arch.utils.amp import all_finite, amp_dtype, amp_name, autocast, compile_for_training, parse_compile
 from metasr_arch.utils.atomic import PERMANENT_WRITE_ERRORS, WriteError, atomic_write, atomic_write_bytes
-from metasr_arch.utils import rng_state
+from metasr_arch.utils import data_position, rng_state
 from metasr_arch.utils.naming import scale_tag
 from metasr_arch.utils.registry import register
 from metasr_arch.utils.safetensors_ckpt import read_network_checkpoint, save_safetensors_checkpoint
@@ -657,6 +657,9 @@ class MetaSRModel(SRModel):
         if scaler is not None and scaler.is_enabled():
             state['grad_scaler'] = scaler.state_dict()  # fp16 loss scale and its growth tracker
         state['rng'] = rng_state.capture()  # the data pipeline's crops and flips continue exactly on resume
+        where = data_position.position()  # samples of the current epoch already trained on
+        if where is not None:
+            state['data_position'] = where
         self._atomic_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state: Mapping) -> None:
@@ -665,6 +668,7 @@ class MetaSRModel(SRModel):
         super().resume_training(resume_state)
         if resume_state.get('rng'):
             rng_state.restore(resume_state['rng'])
+        data_position.resume_at(resume_state.get('data_position'))
         scaler = getattr(self, 'grad_scaler', None)
         if scaler is None or not scaler.is_enabled():
             return

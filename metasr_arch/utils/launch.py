@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from metasr_arch.utils.atomic import WriteError
 from metasr_arch.utils.checkpoint import err_detail
+from metasr_arch.utils.data_position import patch_enlarged_sampler
 from metasr_arch.utils.options import OptionError
 from metasr_arch.utils.options_check import check_options
 from metasr_arch.utils.options_yaml import adopt_numbers, load_options
@@ -300,6 +301,7 @@ def run_pipeline(pipeline: Callable[[str], None], argv: Optional[Sequence[str]] 
     patch_init_dist()
     patch_load_resume_state()
     patch_parse_options()
+    patch_enlarged_sampler()
     try:
         with weights_only_loads():
             pipeline(experiment_root())

@@ -344,6 +344,7 @@ def test_hooked_basicsr_train_module_writes_under_the_working_directory(tmp_path
     opt['datasets'].pop('val')
     opt['logger'].update(print_freq=1, save_checkpoint_freq=1)
     stray = Path(basicsr.__file__).parent.parent / 'experiments' / 'hooked_h2'
+    had_experiments = stray.parent.exists()
     work = tmp_path / 'work'
     work.mkdir()
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -371,3 +372,5 @@ def test_hooked_basicsr_train_module_writes_under_the_working_directory(tmp_path
         if stray.exists() and str(stray).startswith(sysconfig.get_paths()['purelib']):
             import shutil
             shutil.rmtree(stray)  # what today's main leaves in site-packages
+        if not had_experiments and stray.parent.is_dir() and not any(stray.parent.iterdir()):
+            stray.parent.rmdir()

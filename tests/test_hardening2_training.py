@@ -104,11 +104,15 @@ def test_issue_20_train_keys_are_known():
 
 @pytest.mark.parametrize('change, match', [
     (lambda o: o['train'].pop('total_iter'), r'missing option\(s\) train.total_iter'),
+    (lambda o: o['train'].pop('scheduler'), r'missing option\(s\) train.scheduler'),
+    (lambda o: o['train'].pop('pixel_opt'), 'train.pixel_opt or train.perceptual_opt is required'),
+    (lambda o: o['train']['optim_g'].update(lr='2_5'), r"train.optim_g.lr '2_5' is not a number"),
     (lambda o: o['logger'].pop('save_checkpoint_freq'), 'logger.save_checkpoint_freq'),
     (lambda o: o.pop('num_gpu'), 'missing option.*num_gpu'),
     (lambda o: o['train']['optim_g'].update(type='Adamm'), "did you mean 'Adam'"),
     (lambda o: o['train'].update(optim_g={'type': 'SGD', 'lr': 0.1}), 'not supported by MetaSRModel.get_optimizer'),
-    (lambda o: o['train']['optim_g'].update(lr=-1.0), 'Invalid learning rate'),
+    (lambda o: o['train']['optim_g'].update(lr=-1.0), 'train.optim_g.lr -1.0 must be >= 0'),
+    (lambda o: o['train']['optim_g'].update(betas=[2.0, 0.9]), 'train.optim_g: Invalid beta parameter'),
     (lambda o: o['train']['scheduler'].update(type='CosineAnnealingLR'), "BasicSR's schedulers"),
     (lambda o: o['datasets']['train'].update(type='MetaSRGtDataset'), "did you mean 'MetaSRGTDataset'"),
     (lambda o: o['val'].update(metrics={'psnr': {'type': 'calculate_psnrr'}}), "did you mean 'calculate_psnr'"),

@@ -62,7 +62,7 @@ BASICSR_DATASETS = {
     'SingleImageDataset': ('dataroot_lq', 'meta_info_file', 'io_backend', 'mean', 'std', 'color'),
 }
 # keys BasicSR's train/test pipelines read with [] (a raw KeyError, often after the folders exist)
-REQUIRED_TRAIN = {'train': ('total_iter', 'optim_g'), 'logger': ('print_freq', 'save_checkpoint_freq'),
+REQUIRED_TRAIN = {'train': ('total_iter', 'optim_g', 'scheduler'), 'logger': ('print_freq', 'save_checkpoint_freq'),
                   'val': ('val_freq', 'save_img')}
 REQUIRED_TEST = {'val': ('save_img', )}
 # option -> (parser, minimum): numbers BasicSR or the plugin computes with
@@ -72,7 +72,7 @@ NUMBERS: Dict[str, tuple] = {
     'train.d_crop_multiple': (parse_count, 1), 'train.trunk_lr_scale': (parse_real, 0),
     'train.freeze_trunk_iters': (parse_count, 0), 'train.lq_quantize': (parse_count, 1),
     'val.val_freq': (parse_count, 1), 'logger.print_freq': (parse_count, 1), 'logger.save_checkpoint_freq': (parse_count, 1),
-    'dist_params.port': (parse_count, 0),
+    'dist_params.port': (parse_count, 0), 'train.optim_g.lr': (parse_real, 0), 'train.optim_d.lr': (parse_real, 0),
 }
 DATASET_NUMBERS = {'batch_size_per_gpu': (parse_count, 1), 'num_worker_per_gpu': (parse_count, 0),
                    'dataset_enlarge_ratio': (parse_count, 1), 'num_prefetch_queue': (parse_count, 1)}
@@ -211,6 +211,11 @@ def _check_datasets(datasets: Mapping, allowed: _Allowed) -> None:
         _numbers(ds, DATASET_NUMBERS, f'{where}.')
 
 
+def _is_sr_model(model_cls) -> bool:
+    from basicsr.models.sr_model import SRModel
+    return isinstance(model_cls, type) and issubclass(model_cls, SRModel)
+
+
 def check_options(opt: Mapping, is_train: bool = True) -> None:
     """Check a whole options dict (as read from the file, or after BasicSR's ``parse_options``).
 
@@ -259,7 +264,11 @@ def check_options(opt: Mapping, is_train: bool = True) -> None:
         _numbers(opt, {'num_gpu': (parse_count, 0)})
     _numbers(opt, NUMBERS)
     model_cls = MODEL_REGISTRY.get(opt['model_type'])
-    for key, value in (opt.get('train') or {}).items():
+    train = opt.get('train') or {}
+    if is_train and not train.get('pixel_opt') and not train.get('perceptual_opt') and _is_sr_model(model_cls):
+        raise OptionError('train.pixel_opt or train.perceptual_opt is required (SRModel trains on at least one, '
+                          'e.g. pixel_opt: {type: L1Loss, loss_weight: 1.0})')
+    for key, value in train.items():
         if f'train.{key}' in allowed or value is None:
             continue
         if key.startswith('optim_'):

@@ -11,7 +11,7 @@ Arch-free (the ground floor): registered classes are found through BasicSR's reg
 """
 import fnmatch
 import inspect
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, Mapping, Optional
 
 from metasr_arch.utils.numbers import parse_real
 from metasr_arch.utils.options import OptionError, _closest, check_network_options
@@ -120,7 +120,8 @@ def _signature_keys(obj, skip: int = 0) -> Optional[list]:
     return [p.name for p in params if p.kind is not p.VAR_POSITIONAL]
 
 
-def _by_signature(section: Mapping, keys: Optional[list], where: str, allowed: _Allowed, what: str) -> None:
+def _by_signature(section: Mapping, keys: Optional[list], where: str, allowed: _Allowed) -> None:
+    """``_keys`` against a signature's keywords (plus ``type``); nothing to check for ``**kwargs``."""
     if keys is not None:
         _keys(section, ['type'] + keys, where, allowed)
 
@@ -146,7 +147,7 @@ def _check_registered(section: Mapping, registry, where: str, allowed: _Allowed,
     if section['type'] not in registry:
         raise OptionError(f'{where}.type: {section["type"]!r} is not a registered {kind}'
                           f'{_closest(str(section["type"]), names)}')
-    _by_signature(section, _signature_keys(registry.get(section['type'])), where, allowed, kind)
+    _by_signature(section, _signature_keys(registry.get(section['type'])), where, allowed)
 
 
 def _check_optimizer(section: Mapping, where: str, allowed: _Allowed, model_cls) -> None:
@@ -158,7 +159,7 @@ def _check_optimizer(section: Mapping, where: str, allowed: _Allowed, model_cls)
     kind = section['type']
     if kind not in names:
         raise OptionError(f'{where}.type: {kind!r} is not a torch.optim optimizer{_closest(str(kind), names)}')
-    _by_signature(section, _signature_keys(getattr(torch.optim, kind), skip=1), where, allowed, 'optimizer')
+    _by_signature(section, _signature_keys(getattr(torch.optim, kind), skip=1), where, allowed)
     if 'lr' not in section:
         raise OptionError(f'{where}: lr is required (BasicSR passes it to the optimizer)')
     kwargs = {k: v for k, v in section.items() if k != 'type' and f'{where}.{k}' not in allowed}
@@ -183,7 +184,7 @@ def _check_scheduler(section: Mapping, where: str, allowed: _Allowed) -> None:
         raise OptionError(f'{where}.type: {kind!r} is not one of BasicSR\'s schedulers ({", ".join(SCHEDULERS)})'
                           f'{_closest(str(kind), list(SCHEDULERS))}')
     cls = getattr(lr_scheduler, SCHEDULERS[kind])
-    _by_signature(section, _signature_keys(cls, skip=1), where, allowed, 'scheduler')
+    _by_signature(section, _signature_keys(cls, skip=1), where, allowed)
     kwargs = {k: v for k, v in section.items() if k != 'type' and f'{where}.{k}' not in allowed}
     try:
         cls(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), **kwargs)
@@ -287,9 +288,3 @@ def check_options(opt: Mapping, is_train: bool = True) -> None:
             raise
         except (ValueError, TypeError) as err:
             raise OptionError(str(err)) from None
-
-
-def known_keys() -> Dict[str, Sequence[str]]:
-    """The tables by section, for documentation and tests."""
-    return {'': TOP_LEVEL, 'train': TRAIN, 'val': VAL, 'logger': LOGGER, 'path': PATH, 'dist_params': DIST_PARAMS,
-            'datasets.*': DATASET_COMMON}

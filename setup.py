@@ -29,7 +29,7 @@ setup(
     ],
     # deploy: export to ONNX (onnxscript: torch's dynamo ONNX exporter) and the ONNX Runtime check;
     # geo: NetCDF/Zarr gridded data (docs/gridded.md); the image path never imports either
-    extras_require={'test': ['pytest', 'pytest-timeout'],
+    extras_require={'test': ['pytest', 'pytest-timeout', 'cf_xarray'],  # cf_xarray: CF checks of NetCDF outputs
                     'deploy': ['onnx', 'onnxruntime', 'onnxscript'],
                     'geo': ['xarray', 'netCDF4', 'zarr']},
     entry_points={'console_scripts': [

@@ -17,6 +17,7 @@ from metasr_arch.data.grid_demo_data import materialize  # noqa: E402
 from metasr_arch.data.metasr_xarray_dataset import MetaSRXarrayDataset  # noqa: E402
 from metasr_arch.metrics import weighted_errors  # noqa: E402
 from metasr_arch.models.metasr_model import MetaSRModel  # noqa: E402
+from metasr_arch.utils.options import OptionError  # noqa: E402
 
 VARS = ['uwnd', 'vwnd']
 TRAIN_SLICE = ['1970-01', '1970-10']
@@ -110,18 +111,22 @@ def test_paired_coarse_grid_checked(tmp_path):
 
 
 def test_bad_options_are_named(tmp_path):
+    """Every option problem is an OptionError (the CLIs print it without a traceback, exit 2) naming the key."""
     write_grid(str(tmp_path / 'g.nc'), 5, 8)
     base = {'name': 'x', 'phase': 'val', 'dataroot_gt': str(tmp_path / 'g.nc'), 'variables': ['a']}
-    with pytest.raises(ValueError, match='normalization.time_slice'):
-        MetaSRXarrayDataset(base)
-    with pytest.raises(KeyError, match="'nope'"):
-        MetaSRXarrayDataset({**base, 'variables': ['nope'], 'normalization': {'type': 'none'}})
-    with pytest.raises(ValueError, match='lat_order'):
-        MetaSRXarrayDataset({**base, 'lat_order': 'up', 'normalization': {'type': 'none'}})
-    with pytest.raises(FileNotFoundError, match='dataroot_gt'):
-        MetaSRXarrayDataset({**base, 'dataroot_gt': str(tmp_path / 'missing_*.nc')})
-    with pytest.raises(ValueError, match='selects no time step'):
-        MetaSRXarrayDataset({**base, 'time_slice': ['1990', '1991'], 'normalization': {'type': 'none'}})
+    cases = [({}, 'datasets.x.normalization needs .* normalization.time_slice'),
+             ({'variables': ['nope']}, r"datasets.x.variables: \['nope'\]"),
+             ({'lat_order': 'up'}, 'datasets.x.lat_order'),
+             ({'dataroot_gt': str(tmp_path / 'missing_*.nc')}, 'datasets.x.dataroot_gt'),
+             ({'time_slice': ['1990', '1991']}, r"datasets.x.time_slice = \['1990', '1991'\] selects no time step"),
+             ({'fill': 'mean'}, 'datasets.x.fill'),
+             ({'mask': {'variable': 'lsm'}}, "datasets.x.mask.variable: 'lsm'"),
+             ({'mask': {'variable': 'a', 'valid': 'yes'}}, 'datasets.x.mask.valid'),
+             ({'lat_name': 'phi'}, 'datasets.x.lat_name')]
+    for extra, match in cases:
+        options = {**base, 'normalization': {'type': 'none'}, **extra} if extra else base
+        with pytest.raises(OptionError, match=match):
+            MetaSRXarrayDataset(options)
 
 
 def test_image_path_does_not_need_xarray():

@@ -39,11 +39,14 @@ from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
-from metasr_arch.archs.periodic import bicubic_for
+from metasr_arch.archs.periodic import bicubic_for, is_periodic_w
+from metasr_arch.losses.masked_loss import batch_mask, masked_pixel_loss
+from metasr_arch.metrics.weighted import masked_psnr, scoring_inputs
 from metasr_arch.ops.geometry import parse_scale, resolve_scale
 from metasr_arch.utils.amp import all_finite, amp_dtype, amp_name, autocast, compile_for_training, parse_compile
-from metasr_arch.utils.atomic import PERMANENT_WRITE_ERRORS, WriteError, atomic_write, atomic_write_bytes
 from metasr_arch.utils import data_position, rng_state
+from metasr_arch.utils.atomic import PERMANENT_WRITE_ERRORS, WriteError, atomic_write, atomic_write_bytes
+from metasr_arch.utils.gridded_mask import check_periodic_batch
 from metasr_arch.utils.naming import scale_tag
 from metasr_arch.utils.registry import register
 from metasr_arch.utils.safetensors_ckpt import read_network_checkpoint, save_safetensors_checkpoint
@@ -285,7 +288,9 @@ class MetaSRModel(SRModel):
 
         ``data``: {'gt': (N, C, Hg, Wg)} for on-the-fly LR synthesis at the drawn scale, or
         {'lq', 'gt', 'scale'} for pre-generated pairs (optional 'out_size': call by exact size).
+        Gridded batches may carry 'mask' (valid points, cropped with the GT into ``self.mask``).
         """
+        check_periodic_batch(is_periodic_w(self.net_g), data)
         if 'lq' in data:
             self.lq = data['lq'].to(self.device)
             if 'gt' in data:
@@ -297,6 +302,7 @@ class MetaSRModel(SRModel):
                 self.scale = (self.out_size[0] / self.lq.shape[-2], self.out_size[1] / self.lq.shape[-1])
             else:
                 raise KeyError("a batch with 'lq' needs its 'scale' (or 'out_size')")
+            self.mask = batch_mask(data.get('mask'), self.gt) if 'gt' in data else None
             return
         if 'gt' not in data:
             raise KeyError("MetaSRModel.feed_data needs 'gt' (GT patches) or 'lq'+'gt'+'scale' (pairs)")
@@ -308,6 +314,7 @@ class MetaSRModel(SRModel):
             self.out_size = None
             self.scale = self.draw_scale(self.current_iter)
         self.lq, self.gt = self.synthesize_lq(gt, self.scale, self.lr_patch_size, self.out_size)
+        self.mask = batch_mask(data.get('mask'), self.gt)
 
     # ------------------------------------------------------------------ forward / optimisation
     def net_forward(self, net: nn.Module, lq: torch.Tensor, tile: Optional[Mapping] = None) -> torch.Tensor:
@@ -375,12 +382,13 @@ class MetaSRModel(SRModel):
         """Pixel and perceptual/style losses of ``output`` against ``gt``: (their sum, named terms)."""
         l_total = 0
         loss_dict = OrderedDict()
+        mask = getattr(self, 'mask', None)  # valid points of masked gridded fields
         if self.cri_pix:
-            l_pix = self.cri_pix(output, gt)
+            l_pix = masked_pixel_loss(self.cri_pix, output, gt, mask)
             l_total += l_pix
             loss_dict[prefix + 'pix'] = l_pix
         if self.cri_perceptual:
-            l_percep, l_style = self.cri_perceptual(output, gt)
+            l_percep, l_style = self.cri_perceptual(output if mask is None else torch.where(mask, output, gt), gt)
             if l_percep is not None:
                 l_total += l_percep
                 loss_dict[prefix + 'percep'] = l_percep
@@ -454,17 +462,26 @@ class MetaSRModel(SRModel):
         return dataset.denormalize(arr) if hasattr(dataset, 'denormalize') else arr
 
     def _metric_values(self, img: np.ndarray, gt: np.ndarray, scale: Scale, float_data: bool,
-                       physical: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Dict[str, float]:
+                       physical: Optional[Tuple[np.ndarray, np.ndarray]] = None, mask: Optional[np.ndarray] = None,
+                       lat: Optional[np.ndarray] = None) -> Dict[str, float]:
         """Every ``val.metrics`` entry; metrics marked ``physical_units`` (the latitude-weighted ones) get
-        ``physical`` = (img, gt) in the data's units, with no border cropped unless ``crop_border`` says so."""
+        ``physical`` = (img, gt) in the data's units, with no border cropped unless ``crop_border`` says so,
+        the rows' latitudes ``lat`` and the valid points ``mask`` (H, W, C); with a mask, PSNR counts the
+        valid points only and other metrics see the truth at missing points."""
         out = {}
         for name, mopt in self.opt['val']['metrics'].items():
             mopt = dict(mopt)
             if physical is not None and _is_physical(mopt):
                 mopt['crop_border'] = _border(mopt.get('crop_border', 0), scale)
-                out[name] = float(calculate_metric({'img': physical[0], 'img2': physical[1]}, mopt))
+                extra = {k: v for k, v in (('lat', lat), ('mask', mask)) if v is not None}
+                out[name] = float(calculate_metric({'img': physical[0], 'img2': physical[1], **extra}, mopt))
                 continue
             border = _border(mopt.pop('crop_border', 'auto'), scale)
+            if mask is not None and mopt['type'] == 'calculate_psnr':
+                out[name] = masked_psnr(img, gt, mask, border)
+                continue
+            if mask is not None:
+                img = np.where(mask, img, gt)
             if float_data:
                 mopt['test_y_channel'] = False
             mopt['crop_border'] = 0  # BasicSR crops both axes alike; the per-axis border is applied here
@@ -505,12 +522,18 @@ class MetaSRModel(SRModel):
         physical = any(_is_physical(m) for m in self.opt['val']['metrics'].values())
         sums: Dict[Scale, Dict[str, float]] = OrderedDict()
         counts: Dict[Scale, int] = OrderedDict()
+        skipped_empty = 0
         start = time.time()
         for data in dataloader:
             path = (data.get('lq_path') or data.get('gt_path'))[0]
             img_name = osp.splitext(osp.basename(path))[0]
             for pair in self.val_pairs(data):
+                pair.setdefault('mask', data.get('mask'))
                 self.feed_data(pair)
+                mask, lat = scoring_inputs(self.mask, dataset, self.gt.shape[-2])
+                if mask is not None and not mask.any():  # a crop of missing points only: nothing to score
+                    skipped_empty += 1
+                    continue
                 self.test()
                 scale = self.scale
                 bicubic = bicubic_for(self.net_g)(self.lq.float(), tuple(self.gt.shape[-2:]))
@@ -518,9 +541,11 @@ class MetaSRModel(SRModel):
                 gt_img = self._to_metric_image(self.gt, float_data)
                 bic_img = self._to_metric_image(bicubic, float_data)
                 phys = [self._to_physical(t, dataset) for t in (self.output, bicubic, self.gt)] if physical else None
-                values = self._metric_values(sr_img, gt_img, scale, float_data, phys and (phys[0], phys[2]))
+                values = self._metric_values(sr_img, gt_img, scale, float_data, phys and (phys[0], phys[2]), mask, lat)
                 values.update({f'{k}_bicubic': v for k, v in self._metric_values(
-                    bic_img, gt_img, scale, float_data, phys and (phys[1], phys[2])).items()})
+                    bic_img, gt_img, scale, float_data, phys and (phys[1], phys[2]), mask, lat).items()})
+                if data.get('mask') is not None:  # masked data: every field says how much of it was scored
+                    values['valid_fraction'] = 1.0 if mask is None else float(mask.mean())
                 acc = sums.setdefault(scale, OrderedDict((k, 0.0) for k in values))
                 for k, v in values.items():
                     acc[k] += v
@@ -534,6 +559,9 @@ class MetaSRModel(SRModel):
                                    self._save_path(dataset_name, img_name, tag, current_iter, ext, '_bicubic'),
                                    float_data, dataset)
                 del self.lq, self.output, self.gt
+        if skipped_empty:
+            get_root_logger().warning(f'Validation {dataset_name}: {skipped_empty} field(s) had no valid point '
+                                      '(all missing) and were not scored')
         results = OrderedDict((s, OrderedDict((k, v / counts[s]) for k, v in acc.items())) for s, acc in sums.items())
         self.metric_results = results
         self._record_validation(dataset_name, results, metric_names, current_iter, tb_logger, time.time() - start)
@@ -603,7 +631,9 @@ class MetaSRModel(SRModel):
                 '|---|---|---|---:|---:|---:|']
         for (dataset_name, scale), (it, values) in self._table_rows.items():
             model, bicubic = values[metric], values[f'{metric}_bicubic']
-            rows.append(f'| {dataset_name} | {scale[0]:g} x {scale[1]:g} | {it} | {model:.{digits}f} | '
+            fraction = values.get('valid_fraction', 1.0)
+            masked = f' (masked: {fraction:.0%} valid points)' if fraction < 1 else ''
+            rows.append(f'| {dataset_name}{masked} | {scale[0]:g} x {scale[1]:g} | {it} | {model:.{digits}f} | '
                         f'{bicubic:.{digits}f} | {model - bicubic:+.{digits}f} |')
         return '\n'.join(rows) + '\n'
 

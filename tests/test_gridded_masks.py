@@ -275,7 +275,8 @@ def test_dataset_option_error_exits_2_without_traceback(tmp_path):
            'datasets': {'train': {**ds_opt(f), 'type': 'MetaSRXarrayDataset', 'name': 'tr', 'variables': ['sts'],
                                   'batch_size_per_gpu': 1, 'num_worker_per_gpu': 0, 'dataset_enlarge_ratio': 1}},
            'network_g': model_opts(tmp_path)['network_g'], 'path': {'pretrain_network_g': None},
-           'train': {**model_opts(tmp_path)['train'], 'total_iter': 1}, 'logger': {'print_freq': 1}}
+           'train': {**model_opts(tmp_path)['train'], 'total_iter': 1},
+           'logger': {'print_freq': 1, 'save_checkpoint_freq': 1}}  # complete: the whole-file check passes
     (tmp_path / 'bad.yml').write_text(yaml.safe_dump(opt))
     env = {**os.environ, 'METASR_ROOT': str(tmp_path), 'PYTHONPATH': os.path.dirname(os.path.dirname(__file__))}
     run = subprocess.run([sys.executable, '-m', 'metasr_arch.train', '-opt', str(tmp_path / 'bad.yml')],

@@ -166,6 +166,10 @@ class MetaSRXarrayDataset(data.Dataset):
     """Gridded NetCDF/Zarr fields; see the module docstring. Items hold (C, H, W) float32 tensors."""
 
     float_data = True
+    # the dataset options it reads (besides BasicSR's common ones); utils.options_check checks them
+    OPTIONS = ('dataroot_gt', 'dataroot_lq', 'materialize', 'variables', 'time_slice', 'lat_name', 'lon_name',
+               'lat_order', 'select', 'normalization', 'out_size', 'gt_size', 'use_hflip', 'use_vflip',
+               'mask', 'fill')  # issue 21: masked fields
 
     def __init__(self, opt: dict):
         super().__init__()

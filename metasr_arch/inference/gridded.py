@@ -14,6 +14,7 @@ import torch
 
 from metasr_arch.archs.periodic import is_periodic_w
 from metasr_arch.inference.runner import check_max_pixels, run_network
+from metasr_arch.ops.geometry import resolve_scale
 from metasr_arch.utils.gridded_io import GriddedSource, normalization_affine, output_grid, write_netcdf
 from metasr_arch.utils.gridded_mask import apply_mask, fill_missing, output_valid
 from metasr_arch.utils.memory import format_bytes
@@ -118,7 +119,6 @@ def upscale_gridded(net, path: str, request, device, out_path: str, variables: O
     """
     src, variables, offset, scale, fill = open_for_network(net, path, variables, time_slice, fill)
     kind, value = request
-    from metasr_arch.ops.geometry import resolve_scale
     spec = resolve_scale(len(src.lat), len(src.lon), value if kind == 'scale' else None,
                          value if kind == 'size' else None)
     size = 4 * len(src) * len(variables) * spec.out_h * spec.out_w

@@ -379,3 +379,13 @@ def test_zarr_store_equals_netcdf_on_a_cf_file_with_packing_and_missing_values(t
     assert list(zr['time'].values) == list(nc['time'].values)
     assert {k: v for k, v in zr.attrs.items() if k not in ('history', archive.RUN_ATTR)} == \
         {k: v for k, v in nc.attrs.items() if k != 'history'}
+
+
+def test_netcdf_output_above_the_limit_is_refused_pointing_to_zarr(setup, monkeypatch, capsys):
+    from metasr_arch.inference import gridded
+    tmp, _, _ = setup
+    monkeypatch.setattr(gridded, 'NETCDF_MAX_BYTES', 7 * 2 * 15 * 32 * 4 - 1)  # one byte less than 7 steps
+    assert run(tmp / 'in.nc', '--ckpt', tmp / 'net.pth', '--size', '15x32', '-o', tmp / 'o.nc') == 1
+    assert 'write a Zarr store instead' in capsys.readouterr().err and not (tmp / 'o.nc').exists()
+    monkeypatch.setattr(gridded, 'NETCDF_MAX_BYTES', 7 * 2 * 15 * 32 * 4)
+    assert run(tmp / 'in.nc', '--ckpt', tmp / 'net.pth', '--size', '15x32', '-o', tmp / 'o.nc') == 0

@@ -106,7 +106,10 @@ def test_zarr_store_streamed_with_grid_and_attributes_batch_equal(setup):
 def test_changed_run_refused_by_name_overwrite_starts_over(setup, capsys):
     tmp, net, ds = setup
     base = [tmp / 'in.nc', '--ckpt', tmp / 'net.pth', '--size', '15x32', '-o', tmp / 'a.zarr', '--batch', '4']
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    (tmp / f'a.zarr.{int(dead.stdout)}.tmp').mkdir()  # a template left by a run killed while creating it
     assert run(*base) == 0
+    assert not (tmp / f'a.zarr.{int(dead.stdout)}.tmp').exists()
     done = sorted(os.listdir(tmp / 'a.zarr' / archive.DONE_DIR))
     assert done == ['0', '1']
     assert run(*base) == 0  # same command: nothing left to do, still success

@@ -255,6 +255,7 @@ def prepare_store(net, job: ArchiveJob, checkpoint: Dict, overwrite: bool = Fals
         ds.attrs[RUN_ATTR] = json.dumps(record)
         for v in variables:
             ds[v].encoding['chunks'] = ((chunk,) if has_time else ()) + out_hw
+        _remove_stale_templates(out)
         tmp = f'{out.rstrip(os.sep)}.{os.getpid()}.tmp'
         if os.path.exists(tmp):
             _remove_store(tmp)
@@ -268,6 +269,21 @@ def prepare_store(net, job: ArchiveJob, checkpoint: Dict, overwrite: bool = Fals
     chunks = [(a, min(a + chunk, steps)) for a in range(0, steps, chunk)]
     return StorePlan(out, variables, chunks, [k for k in _done_chunks(out) if k < len(chunks)], batch, in_shape,
                      out_hw, has_time, fill)
+
+
+def _remove_stale_templates(out: str) -> None:
+    """Remove ``<out>.<pid>.tmp`` folders of runs killed while creating the store (their process is gone)."""
+    import glob
+    for stale in glob.glob(glob.escape(out.rstrip(os.sep)) + '.*.tmp'):
+        pid = stale.rsplit('.', 2)[-2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _remove_store(stale)
+        except (PermissionError, OSError):  # alive (another user's) or not ours to judge
+            pass
 
 
 def _remove_store(path: str) -> None:

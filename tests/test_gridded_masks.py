@@ -153,7 +153,7 @@ def test_wild_values_at_masked_points_change_nothing_at_valid_points(tmp_path):
     outs = []
     for k in range(2):
         nan_file = write_masked(tmp_path / f'fill{k}.nc', (1e6, -3e4)[k], how='fill')
-        assert infer_main([str(nan_file), '--ckpt', str(ckpt), '--size', '26x34', '-o', str(tmp_path / f'o{k}'),
+        assert infer_main([str(nan_file), '--ckpt', str(ckpt), '--size', '26x34', '-o', str(tmp_path / f'o{k}' / f'fill{k}_26x34.nc'),
                            '--quiet', '--device', 'cpu']) == 0
         outs.append(xr.open_dataset(tmp_path / f'o{k}' / f'fill{k}_26x34.nc'))
     np.testing.assert_array_equal(outs[0]['sst'].values, outs[1]['sst'].values)
@@ -336,7 +336,7 @@ def test_cf_round_trip_keeps_the_documented_metadata(tmp_path):
     ckpt = tmp_path / 'n.pth'
     torch.save({'params': net.state_dict(), 'network_opt': net_opt, 'normalization': {
         'type': 'mean_std', 'variables': ['tas', 'pr'], 'mean': [282.5, 0.5], 'std': [1.5, 0.3]}}, ckpt)
-    assert infer_main([str(src_path), '--ckpt', str(ckpt), '--size', '11x15', '-o', str(tmp_path / 'o'),
+    assert infer_main([str(src_path), '--ckpt', str(ckpt), '--size', '11x15', '-o', str(tmp_path / 'o' / 'rcm_11x15.nc'),
                        '--quiet', '--device', 'cpu']) == 0
     src = xr.open_dataset(src_path)
     out = xr.open_dataset(tmp_path / 'o' / 'rcm_11x15.nc')

@@ -28,10 +28,11 @@ setup(
         'safetensors',  # small, no dependencies; checkpoint loading (inference, training) reads .safetensors
     ],
     # deploy: export to ONNX (onnxscript: torch's dynamo ONNX exporter) and the ONNX Runtime check;
-    # geo: NetCDF/Zarr gridded data (docs/gridded.md); the image path never imports either
+    # geo: NetCDF/Zarr gridded data (docs/gridded.md); the image path never imports either. dask[distributed]:
+    # lazy Zarr templates of the streamed writer and --dask workers (metasr_arch.inference.archive)
     extras_require={'test': ['pytest', 'pytest-timeout', 'cf_xarray'],  # cf_xarray: CF checks of NetCDF outputs
                     'deploy': ['onnx', 'onnxruntime', 'onnxscript'],
-                    'geo': ['xarray', 'netCDF4', 'zarr']},
+                    'geo': ['xarray', 'netCDF4', 'zarr', 'dask[distributed]']},
     entry_points={'console_scripts': [
         'metasr-train=metasr_arch.train:main',
         'metasr-test=metasr_arch.test:main',

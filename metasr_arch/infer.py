@@ -32,8 +32,10 @@ Data conventions (why they are so):
   float32 ``.npy`` with the input's layout.
 * NetCDF files and Zarr stores (``.nc``, ``.zarr``; the ``geo`` extra): ``--var`` variables (default:
   the checkpoint's) at ``--time`` steps (default: all), normalised with the checkpoint's statistics,
-  written as ``<stem>_<tag>.nc`` in physical units with the output grid's coordinates
-  (``metasr_arch.utils.gridded_io``, docs/gridded.md).
+  written in physical units with the output grid's coordinates as a Zarr store ``<stem>_<tag>.zarr``
+  (or ``-o PATH.zarr`` / ``-o PATH.nc`` for one input and request), streamed chunk by chunk along time
+  and resumable, in batches of ``--batch`` steps, optionally ``--compile``d or on Dask workers
+  (``--dask``): ``metasr_arch.inference.archive``, docs/gridded.md.
 """
 import argparse
 import sys
@@ -47,9 +49,10 @@ import torch
 from metasr_arch.archs.meta_upsample_arch import MODULE_IMPLS
 from metasr_arch.utils.amp import autocast_supported
 from metasr_arch.inference.checkpoint import load_network, network_channels, set_impl
+from metasr_arch.inference.archive import ArchiveJob, NetworkSpec, upscale_archive
 from metasr_arch.inference.gridded import upscale_gridded
 from metasr_arch.utils.gridded_io import is_gridded_path, parse_time_arg
-from metasr_arch.inference.runner import check_max_pixels, upscale_sample
+from metasr_arch.inference.runner import LookAhead, check_max_pixels, upscale_sample
 from metasr_arch.utils.finite import NAN_POLICIES, NonFiniteError, check_finite, nonfinite_summary
 from metasr_arch.utils.naming import Request, parse_scale_text, parse_size_text, request_tag, tagged_bases
 from metasr_arch.utils.sample_io import ARRAY_EXTS, IMAGE_EXTS, output_suffix, read_sample, write_sample
@@ -110,15 +113,17 @@ def plan_outputs(files: Sequence[Path], requests: Sequence[Request], out_dir: Pa
     for path in files:
         for request in requests:
             tag = request_tag(request)
-            suffix = '.nc' if is_gridded_path(str(path)) else output_suffix(path)
+            suffix = '.zarr' if is_gridded_path(str(path)) else output_suffix(path)
             out = out_dir / f'{path.stem}_{tag}{suffix}'
+            if is_gridded_path(str(out_dir)):  # -o PATH.zarr / PATH.nc: the one output itself
+                out = out_dir
             key, where = out.resolve(), f'{path} [{tag}]'
             if key in inputs:
                 failures.append((where, f'output {out} is an input of this run; it is never overwritten '
                                         '(write to another folder with -o)'))
             elif key in planned:
                 failures.append((where, f'output {out} is already written by {planned[key]} in this run'))
-            elif out.exists() and not overwrite:
+            elif out.exists() and not overwrite and out.suffix != '.zarr':  # a store is resumed (archive)
                 failures.append((where, f'output {out} exists; pass --overwrite to replace it'))
             else:
                 planned[key] = where
@@ -132,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog='python -m metasr_arch.infer',
         description='Upscale images or .npy arrays with a Meta-SR network to any scale or exact size.')
     p.add_argument('inputs', nargs='+', help='image files, .npy files, or folders of them')
-    p.add_argument('-o', '--output', default='results/infer', help='output folder (default: results/infer)')
+    p.add_argument('-o', '--output', default='results/infer',
+                   help='output folder (default: results/infer), or for one NetCDF/Zarr input and one request '
+                        'the output itself: PATH.zarr (streamed, resumable) or PATH.nc')
     p.add_argument('--scale', nargs='+', action='extend', default=[], metavar='S',
                    help="scales: '2.5' (both axes) or '2x3.5' (vertical x horizontal); several allowed")
     p.add_argument('--size', nargs='+', action='extend', default=[], metavar='HxW',
@@ -162,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--var', nargs='+', default=None, help='NetCDF/Zarr inputs: variables (default: the checkpoint\'s)')
     p.add_argument('--time', nargs='+', default=None, metavar='T',
                    help='NetCDF/Zarr inputs: a time label (1970-11) or position, or START STOP (default: all)')
+    p.add_argument('--batch', type=int, default=None, metavar='N',
+                   help='NetCDF/Zarr inputs: time steps per forward (default: from the memory estimate, at most '
+                        '16); images and arrays: up to N same-size files per forward (default 1); outputs equal '
+                        'those of one at a time to float32 rounding')
+    p.add_argument('--compile', action='store_true',
+                   help='NetCDF/Zarr inputs: freeze the network at the request and input size and run it '
+                        'torch.compiled, channels-last (compiled once; worth it for many steps)')
+    p.add_argument('--dask', default=None, metavar='local:N|ADDRESS',
+                   help="NetCDF/Zarr inputs to Zarr: run blocks of time steps on Dask, on a LocalCluster of N "
+                        "worker processes ('local:2') or an existing scheduler ('tcp://host:8786')")
     return p
 
 
@@ -183,14 +200,32 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
         parser.error(f'--tile-overlap must be >= 0, got {args.tile_overlap}')
     if args.max_pixels is not None and args.max_pixels < 1:
         parser.error(f'--max-pixels must be a positive number of pixels, got {args.max_pixels}')
-    if Path(args.output).exists() and not Path(args.output).is_dir():
+    if Path(args.output).exists() and not Path(args.output).is_dir() and not is_gridded_path(args.output):
         parser.error(f'-o/--output {args.output}: exists and is not a folder')
+    if args.batch is not None and args.batch < 1:
+        parser.error(f'--batch must be a positive number of time steps, got {args.batch}')
+    if args.compile and (args.tile or args.fp16 or args.bf16):
+        parser.error('--compile runs the whole field in float32: give it without --tile, --fp16 and --bf16')
+    if is_gridded_path(args.output):
+        if len(requests) != 1 or len(args.inputs) != 1 or not is_gridded_path(args.inputs[0]):
+            parser.error(f'-o {args.output} names one output: give one NetCDF/Zarr input and one --scale or '
+                         '--size (or an output folder)')
+    if args.dask is not None:
+        from metasr_arch.inference.dask_runner import parse_dask_arg
+        try:
+            parse_dask_arg(args.dask)
+        except ValueError as err:
+            parser.error(str(err))
+    if args.output.rstrip('/').lower().endswith(('.nc', '.nc4', '.netcdf')):
+        given = [f for f, on in (('--dask', args.dask), ('--batch', args.batch), ('--compile', args.compile)) if on]
+        if given:
+            parser.error(f'{", ".join(given)}: for Zarr outputs (streamed); give -o PATH.zarr or an output folder')
     try:
         device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto'
                               else args.device)
     except RuntimeError:
         parser.error(f'--device {args.device!r} is not a device name (cpu, cuda, cuda:1, ...)')
-    if device.type == 'cuda' and not torch.cuda.is_available():
+    if device.type == 'cuda' and not torch.cuda.is_available() and args.dask is None:  # --dask: the workers' device
         parser.error(f'--device {args.device}: CUDA is not available on this machine')
     if args.fp16 and args.bf16:
         parser.error('give at most one of --fp16 and --bf16')
@@ -205,7 +240,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from tqdm import tqdm
     args, requests, device = parse_args(argv)
     try:
-        net = load_network(args.opt, args.ckpt, args.param_key, device, args.allow_arch)
+        # with --dask the client only plans the store: it may have no GPU when the workers do
+        here = torch.device('cpu') if args.dask and device.type == 'cuda' and not torch.cuda.is_available() else device
+        net = load_network(args.opt, args.ckpt, args.param_key, here, args.allow_arch)
         if args.impl is not None and not set_impl(net, args.impl):
             raise ValueError(f'--impl {args.impl}: the network has no MetaUpsample head')
         channels = network_channels(net)
@@ -215,7 +252,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     files, failures, skipped = collect_inputs(args.inputs)
     out_dir = Path(args.output)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir.parent if is_gridded_path(args.output) else out_dir).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         print(f'error: -o/--output {out_dir}: cannot create the folder ({err.strerror})', file=sys.stderr)
         return 2
@@ -225,17 +262,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'skipped {len(skipped)} file(s) named like outputs of an earlier run (<input stem>_<scale tag>) '
               f'(name them explicitly to upscale them): {", ".join(str(p) for p in skipped)}', file=sys.stderr)
     written = 0
-    bar = tqdm(total=sum(len(j) for j in jobs.values()), unit='img', disable=args.quiet, desc='upscaling')
+    images = sum(len(j) for p, j in jobs.items() if not is_gridded_path(str(p)))
+    bar = tqdm(total=images, unit='img', disable=args.quiet or not images, desc='upscaling')
+    spec = NetworkSpec(args.ckpt, args.opt, args.param_key, args.impl, str(device), tuple(args.allow_arch))
+    ahead = None
+    if args.batch and args.batch > 1 and images:  # same-size images of the run, N per forward
+        ahead = LookAhead(net, channels, device, args.batch,
+                          {p: [r for r, _, _ in j] for p, j in jobs.items() if not is_gridded_path(str(p))},
+                          read_sample, args.tile, args.tile_overlap, args.fp16, args.bf16, args.max_pixels)
     for path, path_jobs in jobs.items():
         if is_gridded_path(str(path)):
             for request, tag, out in path_jobs:
                 try:
-                    upscale_gridded(net, str(path), request, device, str(out), args.var, parse_time_arg(args.time),
-                                    args.tile, args.tile_overlap, args.fp16, args.bf16, args.max_pixels)
+                    time_slice = parse_time_arg(args.time)
+                    if out.suffix == '.zarr':  # streamed, batched, resumable (inference.archive)
+                        job = ArchiveJob(str(path), str(out), request, tuple(args.var) if args.var else None,
+                                         tuple(time_slice) if time_slice else None, args.tile, args.tile_overlap,
+                                         args.fp16, args.bf16, args.compile, args.batch, None, args.max_pixels)
+                        if args.dask:
+                            from metasr_arch.inference.dask_runner import upscale_on_dask
+                            upscale_on_dask(net, job, spec, args.dask, args.overwrite, args.quiet, here)
+                        else:
+                            upscale_archive(net, job, spec, args.overwrite, args.quiet, here)
+                    else:
+                        upscale_gridded(net, str(path), request, device, str(out), args.var, time_slice,
+                                        args.tile, args.tile_overlap, args.fp16, args.bf16, args.max_pixels)
                     written += 1
                 except (ValueError, RuntimeError, KeyError, OSError, ImportError) as err:
                     failures.append((f'{path} [{tag}]', f'{type(err).__name__}: {err}'))
-                bar.update(1)
             continue
         try:
             sample = read_sample(path)
@@ -249,8 +303,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             bar.set_postfix_str(f'{path.name} {tag}', refresh=False)
             try:
                 check_max_pixels(sample.data.shape, request, args.max_pixels)
-                data, alpha = upscale_sample(net, sample, request, channels, device, args.tile,
-                                             args.tile_overlap, args.fp16, args.bf16)
+                if ahead is not None:
+                    data, alpha = ahead.upscale(path, sample, request)
+                else:
+                    data, alpha = upscale_sample(net, sample, request, channels, device, args.tile,
+                                                 args.tile_overlap, args.fp16, args.bf16)
                 summary = nonfinite_summary(data)
                 if summary and args.nan_policy == 'error':
                     raise NonFiniteError(f'output has {summary}; not written (--nan-policy propagate writes it)')

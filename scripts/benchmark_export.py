@@ -2,6 +2,7 @@
 
     python scripts/benchmark_export.py                      # demo network and full-size MetaRDN, x2.5, 256x256
     python scripts/benchmark_export.py --cases demo --repeats 5 --markdown out.md
+    python scripts/benchmark_export.py --compiled           # also the CLI's --compile path (issue 22's 1.1x target)
 
 For each case the network (random weights: time does not depend on their values) is frozen and
 exported to ONNX in a temporary folder, checked like ``python -m metasr_arch.export --check``, then timed:
@@ -9,6 +10,10 @@ PyTorch runs the network as the inference CLI does (``run_network``: weights pre
 bicubic skip added), ONNX Runtime runs the exported file. The two alternate in one process (one
 warm-up each, then PyTorch, ONNX Runtime, PyTorch, ...), both with ``--threads`` threads, so that load
 from other processes on a shared machine hits both alike; the table gives medians and their ratio.
+With ``--compiled`` a third runner joins the rotation: ``metasr_arch.inference.compiled.compile_frozen``
+(the frozen network, channels-last, torch.compile with freezing; what ``infer --compile`` runs), compiled
+in the warm-up (its time is reported apart), with its largest difference from PyTorch relative to the
+output's range.
 """
 import argparse
 import os
@@ -54,7 +59,8 @@ def build(network_opt: dict, bicubic_skip: bool) -> torch.nn.Module:
     return net
 
 
-def time_case(name: str, scale: float, size: int, repeats: int, threads: int, check: bool = True) -> dict:
+def time_case(name: str, scale: float, size: int, repeats: int, threads: int, check: bool = True,
+              compiled: bool = False) -> dict:
     import onnxruntime as ort
     opt_fn, skip = CASES[name]
     net = build(opt_fn(), skip)
@@ -72,6 +78,16 @@ def time_case(name: str, scale: float, size: int, repeats: int, threads: int, ch
     xt = torch.from_numpy(x)
     runs = {'pytorch': lambda: run_network(net, xt, scale=(scale, scale)),
             'onnxruntime': lambda: session.run(None, {'lr': x})}
+    extra = {}
+    if compiled:
+        from metasr_arch.inference.compiled import compile_frozen
+        fast = compile_frozen(net, request, (size, size))
+        runs['compiled'] = lambda: fast(xt)
+        t0 = time.perf_counter()
+        y_fast = fast(xt)
+        extra['compile_s'] = time.perf_counter() - t0
+        y_ref = run_network(net, xt, scale=(scale, scale))
+        extra['compiled_err'] = float((y_fast - y_ref).abs().max() / (y_ref.max() - y_ref.min()))
     times = {k: [] for k in runs}
     for fn in runs.values():  # warm-up
         fn()
@@ -83,7 +99,7 @@ def time_case(name: str, scale: float, size: int, repeats: int, threads: int, ch
     med = {k: statistics.median(v) for k, v in times.items()}
     params = sum(p.numel() for p in net.parameters())
     return {'case': name, 'params': params, 'mode': model.net.upsample.mode, 'export_s': export_s,
-            'max_err': max((r.max_error for r in results), default=float('nan')), **med}
+            'max_err': max((r.max_error for r in results), default=float('nan')), **med, **extra}
 
 
 def main() -> int:
@@ -96,15 +112,22 @@ def main() -> int:
     p.add_argument('--no-check', dest='check', action='store_false',
                    help='skip the export check (saves four forward passes on large networks)')
     p.add_argument('--markdown', default=None, help='also write the table to this file')
+    p.add_argument('--compiled', action='store_true', help='also time the --compile path (torch.compile, frozen)')
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import onnxruntime as ort
     rows = ['| network | params | head form | export + check (s) | max error | PyTorch (s) | ONNX Runtime (s) | '
             'PyTorch / ONNX Runtime |', '|---|---:|---|---:|---:|---:|---:|---:|']
+    if args.compiled:
+        rows = [rows[0] + ' compile (s) | compiled error (of range) | compiled (s) | compiled / ONNX Runtime |',
+                rows[1] + '---:|---:|---:|---:|']
     for name in args.cases:
-        r = time_case(name, args.scale, args.size, args.repeats, args.threads, args.check)
+        r = time_case(name, args.scale, args.size, args.repeats, args.threads, args.check, args.compiled)
         rows.append(f"| {name} | {r['params'] / 1e6:.2f} M | {r['mode']} | {r['export_s']:.1f} | {r['max_err']:.1e} | "
                     f"{r['pytorch']:.3f} | {r['onnxruntime']:.3f} | {r['pytorch'] / r['onnxruntime']:.2f}x |")
+        if args.compiled:
+            rows[-1] += (f" {r['compile_s']:.1f} | {r['compiled_err']:.1e} | {r['compiled']:.3f} | "
+                         f"{r['compiled'] / r['onnxruntime']:.2f}x |")
         print(rows[-1], file=sys.stderr, flush=True)
     head = (f'x{args.scale:g} on a {args.size}x{args.size} RGB input, batch 1, float32, {args.threads} threads each, '
             f'median of {args.repeats} interleaved runs; torch {torch.__version__}, onnxruntime {ort.__version__}, '

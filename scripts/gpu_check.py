@@ -15,6 +15,8 @@ does not stop the others, and the whole run stays inside ``--budget`` seconds (d
                48x48, time and peak CUDA memory, float32 and bf16 autocast interleaved (issue 13)
   demo         a 300-iteration demo training (options/train/demo_MetaRDN.yml) on CUDA, PSNR table
   grid_b8      the 96x144 -> 721x1440 grid case at batch 8 (operator level: time, peak memory)
+  archive_bench scripts/benchmark_archive.py: the SwinIRMeta grid network on 64 steps from NetCDF to
+               Zarr, eager batch 1, batched and compiled, fields/s and peak memory (issue 22)
   demo_bf16    the same demo with ``train: amp: bf16``: its PSNR table against ``demo``'s (issue 13's
                target: within 0.05 dB); last, so that the budget never starves the steps above
 
@@ -213,6 +215,14 @@ def make_steps(py: str, work: Path, dry_run: bool, wheels: Optional[Path], peaks
                       bench + ['--device', 'cuda', '--cases', 'grid_96x144_to_721x1440_b8', '--impls', 'native', 'phase',
                                'native_px', 'seed_loop', 'im2col', '--repeats', '3', '--markdown', str(grid_md)] + roof,
                       150, summary=file_summary(grid_md, table_lines)))
+    archive_md = work / 'archive_bench.md'
+    archive = [py, str(REPO / 'scripts' / 'benchmark_archive.py'), '--work', str(work / 'archive'),
+               '--markdown', str(archive_md)]
+    steps.append(Step('archive_bench', 'SwinIRMeta 96x144 -> 721x1440 from NetCDF to Zarr, 64 steps: eager batch 1, '
+                                       'batched, compiled (fields/s, peak memory; issue 22)',
+                      archive + ['--device', 'cuda', '--steps', '64', '--variants', 'eager_b1', 'batched', 'compiled'],
+                      240, dry_command=archive + ['--tiny', '--steps', '3', '--variants', 'eager_b1', 'batched'],
+                      summary=file_summary(archive_md, table_lines)))
     train_bf16 = [py, '-m', 'metasr_arch.train', '-opt', str(write_demo_options(work, dry_run, 'bf16'))]
     steps.append(Step('demo_bf16', 'The same demo under train.amp bf16 (PSNR against the float32 demo above)',
                       train_bf16, 180, dry_command=train_bf16,

@@ -153,7 +153,7 @@ def test_wild_values_at_masked_points_change_nothing_at_valid_points(tmp_path):
     outs = []
     for k in range(2):
         nan_file = write_masked(tmp_path / f'fill{k}.nc', (1e6, -3e4)[k], how='fill')
-        assert infer_main([str(nan_file), '--ckpt', str(ckpt), '--size', '26x34', '-o', str(tmp_path / f'o{k}'),
+        assert infer_main([str(nan_file), '--ckpt', str(ckpt), '--size', '26x34', '-o', str(tmp_path / f'o{k}' / f'fill{k}_26x34.nc'),
                            '--quiet', '--device', 'cpu']) == 0
         outs.append(xr.open_dataset(tmp_path / f'o{k}' / f'fill{k}_26x34.nc'))
     np.testing.assert_array_equal(outs[0]['sst'].values, outs[1]['sst'].values)
@@ -275,7 +275,8 @@ def test_dataset_option_error_exits_2_without_traceback(tmp_path):
            'datasets': {'train': {**ds_opt(f), 'type': 'MetaSRXarrayDataset', 'name': 'tr', 'variables': ['sts'],
                                   'batch_size_per_gpu': 1, 'num_worker_per_gpu': 0, 'dataset_enlarge_ratio': 1}},
            'network_g': model_opts(tmp_path)['network_g'], 'path': {'pretrain_network_g': None},
-           'train': {**model_opts(tmp_path)['train'], 'total_iter': 1}, 'logger': {'print_freq': 1}}
+           'train': {**model_opts(tmp_path)['train'], 'total_iter': 1},
+           'logger': {'print_freq': 1, 'save_checkpoint_freq': 1}}  # complete: the whole-file check passes
     (tmp_path / 'bad.yml').write_text(yaml.safe_dump(opt))
     env = {**os.environ, 'METASR_ROOT': str(tmp_path), 'PYTHONPATH': os.path.dirname(os.path.dirname(__file__))}
     run = subprocess.run([sys.executable, '-m', 'metasr_arch.train', '-opt', str(tmp_path / 'bad.yml')],
@@ -335,7 +336,7 @@ def test_cf_round_trip_keeps_the_documented_metadata(tmp_path):
     ckpt = tmp_path / 'n.pth'
     torch.save({'params': net.state_dict(), 'network_opt': net_opt, 'normalization': {
         'type': 'mean_std', 'variables': ['tas', 'pr'], 'mean': [282.5, 0.5], 'std': [1.5, 0.3]}}, ckpt)
-    assert infer_main([str(src_path), '--ckpt', str(ckpt), '--size', '11x15', '-o', str(tmp_path / 'o'),
+    assert infer_main([str(src_path), '--ckpt', str(ckpt), '--size', '11x15', '-o', str(tmp_path / 'o' / 'rcm_11x15.nc'),
                        '--quiet', '--device', 'cpu']) == 0
     src = xr.open_dataset(src_path)
     out = xr.open_dataset(tmp_path / 'o' / 'rcm_11x15.nc')

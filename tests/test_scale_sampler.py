@@ -58,7 +58,7 @@ def test_choice():
     ({'type': 'uniform', 'v': [1, 2, 3]}, r'range \[lo, hi\]'),
     ({'type': 'uniform', 'v': [1, 2], 'p_symmetric': 2}, 'p_symmetric'),
     ({'type': 'uniform', 'v': [1, 2], 'h': [3, 4], 'p_symmetric': 0.5}, 'overlapping'),
-    ({'type': 'uniform', 'v': [1, 2], 'stepp': 0.1}, 'unexpected keyword'),
+    ({'type': 'uniform', 'v': [1, 2], 'stepp': 0.1}, "unknown option 'stepp'.*did you mean 'step'"),
     ({'type': 'choice', 'scales': [2, 0.5]}, r'scales\[1\]'),
     ({'type': 'choice', 'scales': [[2, 3, 4]]}, r'scales\[0\]'),
     ({'type': 'choice', 'scales': []}, 'non-empty'),

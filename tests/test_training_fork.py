@@ -35,8 +35,15 @@ def test_fork_runs_plugin_yaml(tmp_path):
     opt['train'].update(lr_patch_size=8, total_iter=2)
     opt['val'].update(val_freq=2, scales=[2, [1.5, 3]])
     opt['logger'].update(print_freq=1, save_checkpoint_freq=2)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fork), REPO]))  # the fork's basicsr, this checkout's plugin
+    # the fork's own train.py checks the whole options file: a network_g typo is named, nothing is created
+    (tmp_path / 'o.yml').write_text(yaml.safe_dump(dict(opt, network_g=dict(opt['network_g'], num_feats=8))))
+    run = subprocess.run([sys.executable, 'basicsr/train.py', '-opt', str(tmp_path / 'o.yml')], cwd=fork, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "error: network_g: unknown option 'num_feats' for MetaRDN; did you mean 'num_feat'?" in run.stderr
+    assert 'Traceback' not in run.stderr and not (fork / 'experiments').exists()
     (tmp_path / 'o.yml').write_text(yaml.safe_dump(opt))
-    env = dict(os.environ, PYTHONPATH=str(fork))
     run = subprocess.run([sys.executable, 'basicsr/train.py', '-opt', str(tmp_path / 'o.yml')], cwd=fork, env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

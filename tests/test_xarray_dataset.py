@@ -197,7 +197,7 @@ def test_infer_cli_writes_netcdf_with_output_grid(ncep, tmp_path):
     rc = main([ncep, '--ckpt', str(ckpt), '--size', '145x288', '--time', '1970-11', '-o', str(tmp_path / 'out'),
                '--quiet', '--device', 'cpu'])
     assert rc == 0
-    out = xr.open_dataset(tmp_path / 'out' / 'wind_145x288.nc')
+    out = xr.open_zarr(tmp_path / 'out' / 'wind_145x288.zarr')  # Zarr: the default for gridded outputs
     assert out['uwnd'].shape == (1, 145, 288) and str(out['time'].values[0])[:10] == '1970-11-01'
     np.testing.assert_allclose(out['latitude'].values, np.linspace(90, -90, 145), atol=1e-5)
     np.testing.assert_allclose(out['longitude'].values, np.arange(288) * 1.25, atol=1e-5)
@@ -211,13 +211,13 @@ def test_infer_cli_writes_netcdf_with_output_grid(ncep, tmp_path):
     # --bf16 reaches NetCDF inputs too: close to float32, but not equal (autocast really ran)
     assert main([ncep, '--ckpt', str(ckpt), '--size', '145x288', '--time', '1970-11', '-o', str(tmp_path / 'bf'),
                  '--quiet', '--device', 'cpu', '--bf16']) == 0
-    bf = xr.open_dataset(tmp_path / 'bf' / 'wind_145x288.nc')['vwnd'].values[0]
+    bf = xr.open_zarr(tmp_path / 'bf' / 'wind_145x288.zarr')['vwnd'].values[0]
     err = np.abs(bf - y[1] * 3).max() / np.abs(y[1] * 3).max()
     assert 1e-4 < err < 3e-2, err  # float32 agrees to 1e-4 (above); bf16 keeps about 8 bits
     # --max-pixels applies to NetCDF inputs as to images: refused, nothing written
     assert main([ncep, '--ckpt', str(ckpt), '--size', '145x288', '--time', '1970-11', '-o', str(tmp_path / 'mp'),
                  '--quiet', '--device', 'cpu', '--max-pixels', '40000']) == 1
-    assert not list((tmp_path / 'mp').glob('*.nc'))
+    assert not list((tmp_path / 'mp').glob('*.zarr'))
     # wrong variables are refused with the trained ones named
     assert main([ncep, '--ckpt', str(ckpt), '--size', '145x288', '--var', 'vwnd', 'uwnd', '-o',
                  str(tmp_path / 'o2'), '--quiet', '--device', 'cpu']) == 1

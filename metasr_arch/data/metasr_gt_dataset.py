@@ -113,6 +113,9 @@ class MetaSRGTDataset(data.Dataset):
     Returns items {'gt': (3, H, W) float32 RGB [0, 1], 'gt_path': str}.
     """
 
+    # the dataset options it reads (besides BasicSR's common ones); utils.options_check checks them
+    OPTIONS = ('dataroot_gt', 'io_backend', 'materialize', 'gt_size', 'use_hflip', 'use_rot')
+
     def __init__(self, opt: dict):
         super().__init__()
         self.opt = opt

@@ -48,6 +48,8 @@ class MetaSRNpyDataset(data.Dataset):
     """Gridded float fields; see the module docstring. Items hold (C, H, W) float32 tensors."""
 
     float_data = True
+    # the dataset options it reads (besides BasicSR's common ones); utils.options_check checks them
+    OPTIONS = ('dataroot_gt', 'dataroot_lq', 'materialize', 'gt_size', 'data_range', 'use_hflip', 'use_rot')
 
     def __init__(self, opt: dict):
         super().__init__()

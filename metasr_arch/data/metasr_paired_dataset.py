@@ -57,6 +57,9 @@ def folder_name(r_v: float, r_h: float) -> str:
 class MetaSRPairedDataset(data.Dataset):
     """Benchmark pairs at fixed (r_v, r_h); see the module docstring for layout and options."""
 
+    # the dataset options it reads (besides BasicSR's common ones); utils.options_check checks them
+    OPTIONS = ('dataroot', 'dataroot_gt', 'dataroot_lq', 'scales')
+
     def __init__(self, opt: dict):
         super().__init__()
         self.opt = opt

@@ -14,6 +14,7 @@ Needs the ``geo`` extra (``pip install -e .[geo]``: xarray, netCDF4, zarr). Opti
     normalization:                       # per variable, undone for metrics and saved outputs
       type: mean_std                     # mean_std, min_max or none
       time_slice: null                   # statistics from these steps (default: this dataset's own slice)
+      subsample: null                    # N: from N steps evenly spaced over that slice (default: every step)
       # or given values: mean: [...], std: [...] (min: [...], max: [...]); or checkpoint: net_g_x.pth
     materialize: null                    # ncep_wind_200hpa: write the demo data to dataroot_gt if missing
     dataroot_lq: null                    # optional coarse data on its own grid (paired; same variables/times)
@@ -74,9 +75,18 @@ def _option_names(name: str) -> Dict[str, str]:
     return {k: f'datasets.{name}.{k}' for k in SOURCE_KEYS + ('time_slice',)}
 
 
+def subsample_steps(n_steps: int, subsample) -> list:
+    """Positions of the steps the statistics read: all, or ``subsample`` (int >= 1) evenly spaced from the
+    first to the last step (deterministic, so training and validation compute the same values)."""
+    if subsample is None or subsample >= n_steps:
+        return list(range(n_steps))
+    return sorted({int(round(p)) for p in np.linspace(0, n_steps - 1, subsample)})
+
+
 @lru_cache(maxsize=16)
-def _statistics(source_key: str, norm_type: str) -> Dict:
-    """Per-variable statistics of the steps ``source_key`` describes, in one pass (float64 sums)."""
+def _statistics(source_key: str, norm_type: str, subsample=None) -> Dict:
+    """Per-variable statistics of the steps ``source_key`` describes (or ``subsample`` of them evenly
+    spaced: ``subsample_steps``), in one pass (float64 sums)."""
     opt = json.loads(source_key)
     src = GriddedSource(opt['dataroot_gt'], opt['variables'], opt['time_slice'], opt['lat_name'], opt['lon_name'],
                         opt['lat_order'] or 'north_up', opt['select'], mask=opt['mask'])
@@ -84,7 +94,10 @@ def _statistics(source_key: str, norm_type: str) -> Dict:
     total, total_sq, count = np.zeros(c), np.zeros(c), np.zeros(c)
     lo, hi = np.full(c, np.inf), np.full(c, -np.inf)
     logger = get_root_logger()
-    for i in range(len(src)):
+    steps = subsample_steps(len(src), subsample)
+    if len(steps) < len(src):
+        logger.info(f'normalisation statistics from {len(steps)} of {len(src)} time steps (normalization.subsample)')
+    for n, i in enumerate(steps):
         f = src.field(i).astype(np.float64).reshape(c, -1)
         valid = np.isfinite(f)  # missing points do not count
         total += np.where(valid, f, 0).sum(1)
@@ -92,8 +105,8 @@ def _statistics(source_key: str, norm_type: str) -> Dict:
         count += valid.sum(1)
         lo = np.minimum(lo, np.where(valid, f, np.inf).min(1))
         hi = np.maximum(hi, np.where(valid, f, -np.inf).max(1))
-        if (i + 1) % 100 == 0:
-            logger.info(f'normalisation statistics: {i + 1}/{len(src)} time steps')
+        if (n + 1) % 100 == 0:
+            logger.info(f'normalisation statistics: {n + 1}/{len(steps)} time steps')
     if (count == 0).any():
         raise OptionError(f'variables {[v for v, n in zip(src.variables, count) if n == 0]} have no valid point in '
                           'the statistics slice (all missing)')
@@ -137,7 +150,11 @@ def resolve_normalization(opt: dict, is_train: bool) -> Dict:
         raise OptionError(f'datasets.{name}.normalization needs the statistics of the training data: set '
                           'normalization.time_slice to the training time_slice, give mean/std (min/max), or '
                           'checkpoint: <trained net_g .pth>')
-    stats = _statistics(_source_key(opt, norm.get('time_slice', opt.get('time_slice'))), kind)
+    subsample = norm.get('subsample')
+    if subsample is not None and (isinstance(subsample, bool) or not isinstance(subsample, int) or subsample < 1):
+        raise OptionError(f'datasets.{name}.normalization.subsample must be a number of time steps >= 1 (or null '
+                          f'for every step), got {subsample!r}')
+    stats = _statistics(_source_key(opt, norm.get('time_slice', opt.get('time_slice'))), kind, subsample)
     if (normalization_affine(stats)[1] <= 0).any():
         raise OptionError(f'datasets.{name}: a variable of {variables} is constant over the statistics slice '
                           f'({stats}); normalise with given values')
@@ -149,6 +166,10 @@ class MetaSRXarrayDataset(data.Dataset):
     """Gridded NetCDF/Zarr fields; see the module docstring. Items hold (C, H, W) float32 tensors."""
 
     float_data = True
+    # the dataset options it reads (besides BasicSR's common ones); utils.options_check checks them
+    OPTIONS = ('dataroot_gt', 'dataroot_lq', 'materialize', 'variables', 'time_slice', 'lat_name', 'lon_name',
+               'lat_order', 'select', 'normalization', 'out_size', 'gt_size', 'use_hflip', 'use_vflip',
+               'mask', 'fill')  # issue 21: masked fields
 
     def __init__(self, opt: dict):
         super().__init__()

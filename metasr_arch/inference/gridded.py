@@ -14,9 +14,15 @@ import torch
 
 from metasr_arch.archs.periodic import is_periodic_w
 from metasr_arch.inference.runner import check_max_pixels, run_network
+from metasr_arch.ops.geometry import resolve_scale
 from metasr_arch.utils.gridded_io import GriddedSource, normalization_affine, output_grid, write_netcdf
 from metasr_arch.utils.gridded_mask import apply_mask, fill_missing, output_valid
+from metasr_arch.utils.memory import format_bytes
 from metasr_arch.utils.options import OptionError
+
+# A NetCDF output is assembled in memory and written once (atomically); larger outputs go to Zarr, which
+# is streamed chunk by chunk (metasr_arch.inference.archive, docs/gridded.md).
+NETCDF_MAX_BYTES = 2 * 2**30
 
 # how messages of the inference CLI name what the user typed
 CLI_NAMES = {'time_slice': '--time', 'variables': '--var', 'lat_name': 'latitude coordinate',
@@ -68,24 +74,12 @@ def finish_step(y: np.ndarray, valid_in: Optional[np.ndarray], src: GriddedSourc
     return np.ascontiguousarray(out[:, ::-1]) if src.flip else out
 
 
-def upscale_gridded(net, path: str, request, device, out_path: str, variables: Optional[Sequence[str]] = None,
-                    time_slice=None, tile: Optional[int] = None, tile_overlap: int = 0, fp16: bool = False,
-                    bf16: bool = False, max_pixels: Optional[int] = None, fill: str = 'nearest') -> str:
-    """Upscale the chosen variables and time steps of one NetCDF/Zarr input and write them as NetCDF.
+def open_for_network(net, path: str, variables: Optional[Sequence[str]] = None, time_slice=None,
+                     fill: str = 'nearest'):
+    """The input as ``net`` reads it: (src, variables, offset (C,), scale (C,), fill).
 
-    Inputs are normalised with the checkpoint's ``normalization`` (``net.metasr_normalization``, recorded by
-    MetaSRModel) and outputs denormalised, so both are in physical units. The network sees rows north
-    up; output rows keep the input's order. Coordinates and metadata follow ``gridded_io``; missing
-    input points are filled for the network and the output is missing where the nearest input point is.
-
-    Args:
-        request: ('scale', (r_v, r_h)) or ('size', (H, W)) as ``naming.parse_*_text`` give.
-        variables: channels in the network's order (default: the checkpoint's normalisation variables).
-        time_slice: as ``gridded_io.parse_time_arg`` makes from ``--time``.
-        max_pixels: refuse (ValueError) an output of more H*W pixels (the CLI's ``--max-pixels``).
-        fill: how missing input points are filled, unless the checkpoint's normalisation records ``fill``.
-    Returns:
-        ``out_path``.
+    ``variables`` default to the checkpoint's (and must match them); ``fill`` is the checkpoint's when it
+    records one; a periodic network on a regional grid is refused (``check_periodic_request``).
     """
     norm = getattr(net, 'metasr_normalization', None) or {}
     variables = list(variables or norm.get('variables') or [])
@@ -99,7 +93,39 @@ def upscale_gridded(net, path: str, request, device, out_path: str, variables: O
     src = GriddedSource(path, variables, time_slice, option='input', names=CLI_NAMES)
     check_periodic_request(net, src)
     offset, scale = normalization_affine(norm) if norm else (np.zeros(len(variables)), np.ones(len(variables)))
+    return src, variables, offset, scale, fill
+
+
+def upscale_gridded(net, path: str, request, device, out_path: str, variables: Optional[Sequence[str]] = None,
+                    time_slice=None, tile: Optional[int] = None, tile_overlap: int = 0, fp16: bool = False,
+                    bf16: bool = False, max_pixels: Optional[int] = None, fill: str = 'nearest') -> str:
+    """Upscale the chosen variables and time steps of one NetCDF/Zarr input and write them as NetCDF.
+
+    Inputs are normalised with the checkpoint's ``normalization`` (``net.metasr_normalization``, recorded by
+    MetaSRModel) and outputs denormalised, so both are in physical units. The network sees rows north
+    up; output rows keep the input's order. Coordinates and metadata follow ``gridded_io``; missing
+    input points are filled for the network and the output is missing where the nearest input point is.
+    Outputs above ``NETCDF_MAX_BYTES`` are refused (ValueError): write Zarr (``inference.archive``),
+    which is streamed.
+
+    Args:
+        request: ('scale', (r_v, r_h)) or ('size', (H, W)) as ``naming.parse_*_text`` give.
+        variables: channels in the network's order (default: the checkpoint's normalisation variables).
+        time_slice: as ``gridded_io.parse_time_arg`` makes from ``--time``.
+        max_pixels: refuse (ValueError) an output of more H*W pixels (the CLI's ``--max-pixels``).
+        fill: how missing input points are filled, unless the checkpoint's normalisation records ``fill``.
+    Returns:
+        ``out_path``.
+    """
+    src, variables, offset, scale, fill = open_for_network(net, path, variables, time_slice, fill)
     kind, value = request
+    spec = resolve_scale(len(src.lat), len(src.lon), value if kind == 'scale' else None,
+                         value if kind == 'size' else None)
+    size = 4 * len(src) * len(variables) * spec.out_h * spec.out_w
+    if size > NETCDF_MAX_BYTES:
+        raise ValueError(f'a NetCDF output of {len(src)} step(s) at {spec.out_h}x{spec.out_w} is '
+                         f'{format_bytes(size)}, more than the {format_bytes(NETCDF_MAX_BYTES)} written in one '
+                         'piece: write a Zarr store instead (-o OUT.zarr, or an output folder), which is streamed')
     outs = []
     for i in range(len(src)):
         x, valid_in = prepare_step(src, i, offset, scale, fill)

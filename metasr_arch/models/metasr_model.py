@@ -45,7 +45,8 @@ from metasr_arch.losses.masked_loss import batch_mask, masked_pixel_loss
 from metasr_arch.metrics.weighted import masked_psnr, scoring_inputs
 from metasr_arch.ops.geometry import parse_scale, resolve_scale
 from metasr_arch.utils.amp import all_finite, amp_dtype, amp_name, autocast, compile_for_training, parse_compile
-from metasr_arch.utils.atomic import atomic_write, atomic_write_bytes
+from metasr_arch.utils import data_position, rng_state
+from metasr_arch.utils.atomic import PERMANENT_WRITE_ERRORS, WriteError, atomic_write, atomic_write_bytes
 from metasr_arch.utils.gridded_mask import check_periodic_batch
 from metasr_arch.utils.naming import scale_tag
 from metasr_arch.utils.registry import register
@@ -183,6 +184,9 @@ class MetaSRModel(SRModel):
     Shapes: the network is called as ``net(lq (N, C, h, w), scale=(r_v, r_h))`` (or ``out_size=(H, W)``
     in fixed-size mode) and returns (N, C_out, H, W) = the GT crop's shape.
     """
+
+    # utils.options_check calls it (through MODEL_REGISTRY) on the whole options file before anything is built
+    check_options = staticmethod(check_metasr_options)
 
     def __init__(self, opt: dict):
         check_metasr_options(opt)
@@ -594,19 +598,27 @@ class MetaSRModel(SRModel):
         root = self.output_root()
         if root is None:
             return
-        os.makedirs(root, exist_ok=True)
-        with open(osp.join(root, 'metrics.jsonl'), 'a') as f:
-            for scale, values in results.items():
-                record = {'iter': current_iter, 'dataset': dataset_name, 'scale': [scale[0], scale[1]]}
-                record.update(values)
-                f.write(json.dumps(record) + '\n')
+        jsonl = osp.join(root, 'metrics.jsonl')
+        try:  # a read-only or full disk: one error naming the file, not a traceback
+            os.makedirs(root, exist_ok=True)
+            with open(jsonl, 'a') as f:
+                for scale, values in results.items():
+                    record = {'iter': current_iter, 'dataset': dataset_name, 'scale': [scale[0], scale[1]]}
+                    record.update(values)
+                    f.write(json.dumps(record) + '\n')
+        except OSError as err:
+            raise WriteError.of(err, jsonl) from None
         if not hasattr(self, '_table_rows'):
             self._table_rows = OrderedDict()
         for scale, values in results.items():
             self._table_rows[(dataset_name, scale)] = (current_iter, values)
         table = self.psnr_table()
         get_root_logger().info('PSNR table (model vs bicubic)\n' + table)
-        atomic_write_bytes(osp.join(root, 'psnr_table.md'), table.encode('utf-8'))
+        table_path = osp.join(root, 'psnr_table.md')
+        try:
+            atomic_write_bytes(table_path, table.encode('utf-8'))
+        except OSError as err:
+            raise WriteError.of(err, table_path) from None
 
     def psnr_table(self) -> str:
         """Markdown table of the latest validation per (dataset, scale): PSNR model vs bicubic, then one
@@ -676,11 +688,19 @@ class MetaSRModel(SRModel):
         scaler = getattr(self, 'grad_scaler', None)
         if scaler is not None and scaler.is_enabled():
             state['grad_scaler'] = scaler.state_dict()  # fp16 loss scale and its growth tracker
+        state['rng'] = rng_state.capture()  # the data pipeline's crops and flips continue exactly on resume
+        where = data_position.position()  # samples of the current epoch already trained on
+        if where is not None:
+            state['data_position'] = where
         self._atomic_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state: Mapping) -> None:
-        """BasicSR's (optimizers, schedulers), plus the fp16 GradScaler's state when both sides use it."""
+        """BasicSR's (optimizers, schedulers), plus the random states of the data pipeline (states saved by
+        this version) and the fp16 GradScaler's state when both sides use it."""
         super().resume_training(resume_state)
+        if resume_state.get('rng'):
+            rng_state.restore(resume_state['rng'])
+        data_position.resume_at(resume_state.get('data_position'))
         scaler = getattr(self, 'grad_scaler', None)
         if scaler is None or not scaler.is_enabled():
             return
@@ -691,14 +711,18 @@ class MetaSRModel(SRModel):
                                       f'(trained with another amp setting?): starting at scale {scaler.get_scale()}')
 
     def _atomic_save(self, obj, path: str, writer=atomic_torch_save, retries: int = 3) -> None:
+        """Write ``obj`` to ``path`` atomically; a failure that may pass (a full or flaky network disk) is
+        retried ``retries - 1`` times, 1 s apart. Raises ``WriteError`` naming ``path`` when it cannot be
+        written (at once for a read-only or forbidden folder): the run stops rather than go on unsaved."""
         for attempt in range(retries):
             try:
                 writer(obj, path)
                 return
-            except OSError as err:  # e.g. a full or flaky network disk: the previous file is still there
+            except OSError as err:
+                if err.errno in PERMANENT_WRITE_ERRORS or attempt == retries - 1:
+                    raise WriteError.of(err, path) from None
                 get_root_logger().warning(f'Saving {path} failed ({err}); {retries - attempt - 1} retries left')
                 time.sleep(1)
-        get_root_logger().error(f'Could not save {path}; the previous checkpoint is unchanged.')
 
     def load_network(self, net: nn.Module, load_path: str, strict: bool = True, param_key: str = 'params') -> None:
         """BasicSR's ``load_network`` with ``weights_only=True`` (checkpoints hold tensors and plain options);

@@ -7,6 +7,7 @@ killed mid-write leaves its temporary behind; the first successful write of a la
 the same folder removes those of writers that are no longer running (never another live process's
 temporary, never a file of another naming pattern).
 """
+import errno
 import os
 import re
 from pathlib import Path
@@ -15,6 +16,21 @@ from typing import BinaryIO, Callable, List, Set, Union
 PathLike = Union[str, os.PathLike]
 _TEMP_NAME = re.compile(r'^\.(?P<target>.+)\.(?P<pid>\d+)\.tmp$')
 _cleaned: Set[str] = set()  # folders already swept by this process
+# errors a retry cannot fix: the folder stays read-only / forbidden
+PERMANENT_WRITE_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+class WriteError(OSError):
+    """A file the run must write could not be written (read-only folder, full disk, ...).
+
+    ``filename`` is the target (not its temporary); the command lines report it as one line
+    ``error: could not write <path>: <reason>`` and stop with a non-zero status.
+    """
+
+    @classmethod
+    def of(cls, err: OSError, path: PathLike) -> 'WriteError':
+        """The ``WriteError`` for ``err`` raised while writing ``path``."""
+        return cls(err.errno, err.strerror or str(err), str(path))
 
 
 def temp_path(path: PathLike) -> Path:

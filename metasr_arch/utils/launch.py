@@ -3,22 +3,32 @@
 BasicSR's ``init_dist`` assumes one CUDA device per process (it calls ``torch.cuda.set_device`` and
 uses NCCL). ``patch_init_dist`` wraps it so that ``--launcher pytorch`` / ``slurm`` also work on CPU
 machines (gloo backend) and tolerate an already-initialised process group; on GPU machines it defers to
-BasicSR unchanged. ``run_pipeline`` also makes every ``torch.load`` of the pipeline read weights
-only (a crafted resume state or checkpoint cannot run code) and checks the ``network_*`` options
-before anything is built.
+BasicSR unchanged. ``patch_init_dist`` also installs the whole-file options check into BasicSR's
+``parse_options`` (``checked_parse_options``), so a fork's patched or hooked train.py checks as the
+plugin's commands do. ``run_pipeline`` also makes every ``torch.load`` of the pipeline read weights
+only (a crafted resume state or checkpoint cannot run code), resumes ``--auto_resume`` from the newest
+complete training state, and reports a file it cannot write in one line.
 """
+import errno
 import functools
 import os
 import pickle
+import site
 import sys
+import sysconfig
+from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
+from metasr_arch.utils.atomic import WriteError
 from metasr_arch.utils.checkpoint import err_detail
-from metasr_arch.utils.options import OptionError, check_network_sections
+from metasr_arch.utils.data_position import patch_enlarged_sampler
+from metasr_arch.utils.options import OptionError
+from metasr_arch.utils.options_check import check_options
+from metasr_arch.utils.options_yaml import adopt_numbers, load_options
 
 # No arch is imported here (the ground floor): a fork patched by scripts/install_into_basicsr_fork.py
 # imports this module from its basicsr/__init__ (through train.py and test.py), which can run while
@@ -47,12 +57,18 @@ def _cpu_aware_init_dist(original: Callable) -> Callable:
 
 
 def patch_init_dist() -> None:
-    """Install the CPU-aware ``init_dist`` into ``basicsr.utils.options`` (idempotent)."""
+    """Install the CPU-aware ``init_dist`` and the whole-file options check (``patch_parse_options``) into
+    ``basicsr.utils.options`` (idempotent).
+
+    The one line a fork's train.py gets (``scripts/install_into_basicsr_fork.py``) and the startup hook
+    call this, so a fork's own scripts check options as ``python -m metasr_arch.train`` does.
+    """
     import basicsr.utils.options as options
     if not getattr(options.init_dist, '_metasr_patched', False):
         patched = _cpu_aware_init_dist(options.init_dist)
         patched._metasr_patched = True
         options.init_dist = patched
+    patch_parse_options()
 
 
 @contextmanager
@@ -105,39 +121,168 @@ def patch_load_resume_state() -> None:
                 raise OptionError(f'resume state {f}: refused, it holds objects other than tensors, numbers '
                                   f'and plain containers (loaded with weights_only=True; {err_detail(err)})') from None
 
+        auto = opt.get('auto_resume')
         try:
             torch.load = load
             if not cuda:
                 torch.cuda.current_device = lambda: 0
+            if auto:  # BasicSR's own search takes the highest-numbered file, complete or not
+                opt['auto_resume'] = False
+                found = newest_complete_state(opt)
+                if found is None:
+                    return None
+                opt['path']['resume_state'] = found
             return original(opt)
         finally:
             torch.load, torch.cuda.current_device = real_load, real_device
+            if auto:
+                opt['auto_resume'] = True
 
     load_resume_state._metasr_patched = True
     train.load_resume_state = load_resume_state
 
 
-def patch_parse_options() -> None:
-    """Check every ``network_*`` section right after BasicSR parses the options (train and test).
+def _is_install_folder(path: str) -> bool:
+    """True for a site-packages folder: BasicSR's own ``train.py`` run from its install (``python -m
+    basicsr.train``) takes the folder above the package as its root, where no one looks for experiments."""
+    path = os.path.realpath(path)
+    sites = list(getattr(site, 'getsitepackages', lambda: [])()) + [site.getusersitepackages()]
+    sites += [sysconfig.get_paths()[key] for key in ('purelib', 'platlib')]
+    return path in {os.path.realpath(s) for s in sites} or os.path.basename(path) in ('site-packages',
+                                                                                     'dist-packages')
 
-    An unknown key (a typo such as ``num_feats``) would otherwise surface as a raw ``TypeError`` from
-    ``build_network`` after the experiment folders exist; ``check_network_sections`` names the section,
-    the key and the closest valid key.
+
+class _PinnedRoot(OrderedDict):
+    """Options whose ``root_path`` stays the one ``parse_options`` chose: BasicSR's train_pipeline assigns its
+    own (the install folder) right after parsing, and would put ``tb_logger/`` there."""
+
+    def __setitem__(self, key, value):
+        if key == 'root_path' and key in self:
+            return
+        super().__setitem__(key, value)
+
+
+def _strict_read(is_train: bool):
+    """The ``-opt`` file of ``sys.argv`` read with the number grammar and checked whole (None without -opt)."""
+    import argparse
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('-opt', type=str, default=None)
+    known, _ = parser.parse_known_args()
+    if known.opt is None:
+        return None  # BasicSR's own parser reports the missing -opt
+    raw = load_options(known.opt)
+    check_options(raw, is_train)
+    return raw
+
+
+def checked_parse_options(original: Callable) -> Callable:
+    """Wrap a BasicSR ``parse_options(root_path, is_train)`` with the whole-file options check.
+
+    Before BasicSR reads anything, the ``-opt`` file is read with the number grammar
+    (``utils.options_yaml``) and checked (``utils.options_check``); after BasicSR's parsing (``--force_yml``
+    applied) the result is checked again and grammar numbers YAML 1.1 left as text (``1e-4``) become
+    floats. A problem ends the process with ``error: ...`` and exit status 2, before anything is created
+    on disk. A root inside site-packages (``python -m basicsr.train``) is replaced by ``experiment_root()``.
     """
-    import basicsr.test as test
-    import basicsr.train as train
-    for module in (train, test):
-        if getattr(module.parse_options, '_metasr_patched', False):
+    if getattr(original, '_metasr_patched', False):
+        return original
+
+    def parse_options(root_path, is_train=True):
+        redirect = _is_install_folder(root_path)
+        if redirect:
+            root_path = experiment_root()
+        try:
+            raw = _strict_read(is_train)
+            opt, args = original(root_path, is_train=is_train)
+            if raw is not None:
+                adopt_numbers(opt, raw)
+            check_options(opt, is_train)
+        except OptionError as err:  # a whole-run problem: a message, no traceback, exit status 2
+            print(f'error: {err}', file=sys.stderr)
+            raise SystemExit(2) from None
+        if redirect:
+            opt = _PinnedRoot(opt)
+            opt['root_path'] = root_path
+        return opt, args
+
+    parse_options._metasr_patched = True
+    return parse_options
+
+
+def _readable_state(path: str) -> Optional[str]:
+    """Why the training state at ``path`` cannot be resumed from, or None when it loads (weights only)."""
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # noqa: BLE001  (truncated zip, refused pickle, I/O error: all mean "skip it")
+        return f'unreadable ({type(err).__name__})'
+    if not isinstance(state, dict) or not isinstance(state.get('iter'), int) or 'optimizers' not in state:
+        return 'not a training state'
+    return None
+
+
+def _networks_present(opt, iteration: int) -> Optional[str]:
+    """Why the checkpoints of ``iteration`` are unusable (missing, not a checkpoint), or None."""
+    import zipfile
+    models = opt['path'].get('models') or ''
+    labels = [key[len('network_'):] for key in opt if isinstance(key, str) and key.startswith('network_')]
+    for label in labels:
+        stem = os.path.join(models, f'net_{label}_{iteration}')
+        if os.path.isfile(stem + '.pth'):
+            if not zipfile.is_zipfile(stem + '.pth'):  # torch.save writes a zip: a cut file has no directory
+                return f'{os.path.basename(stem)}.pth is incomplete'
+        elif not os.path.isfile(stem + '.safetensors'):
+            return f'{os.path.basename(stem)}.pth is missing'
+    return None
+
+
+def newest_complete_state(opt) -> Optional[str]:
+    """The newest ``training_states/<iter>.state`` that loads and has its network checkpoints, or None.
+
+    Skipped files (a truncated latest state, a stray ``latest.state``, a state whose ``net_g_<iter>.pth``
+    is missing) are reported in one warning line on stderr (the run's logger does not exist yet).
+    """
+    folder = opt['path'].get('training_states')
+    if not folder or not os.path.isdir(folder):
+        return None
+    candidates, skipped = [], []
+    for name in os.listdir(folder):
+        stem, ext = os.path.splitext(name)
+        if ext != '.state':
             continue
-        original = module.parse_options
+        if stem.isdigit():
+            candidates.append((int(stem), name))
+        else:
+            skipped.append(f'{name} (not <iter>.state)')
+    found = None
+    for iteration, name in sorted(candidates, reverse=True):
+        path = os.path.join(folder, name)
+        problem = _readable_state(path) or _networks_present(opt, iteration)
+        if problem is None:
+            found = path
+            break
+        skipped.append(f'{name} ({problem})')
+    if skipped:
+        outcome = f'resuming from {found}' if found else 'no complete state left: starting from iteration 0'
+        print(f'warning: --auto_resume skipped {", ".join(skipped)} in {folder}; {outcome}', file=sys.stderr)
+    return found
 
-        def parse_options(root_path, is_train=True, _original=original):
-            opt, args = _original(root_path, is_train=is_train)
-            check_network_sections(opt)
-            return opt, args
 
-        parse_options._metasr_patched = True
-        module.parse_options = parse_options
+def patch_parse_options() -> None:
+    """Install ``checked_parse_options`` into ``basicsr.utils.options`` (which a train.py run as a script
+    imports from) and into ``basicsr.train`` / ``basicsr.test`` when they are already imported.
+
+    An unknown key (``num_feats``, ``ema_decy``, ``val: scale``) would otherwise be ignored or surface
+    as a raw ``KeyError``/``TypeError`` after the experiment folders exist.
+    """
+    import basicsr.utils.options as options
+    options.parse_options = checked_parse_options(options.parse_options)
+    for name in ('basicsr.train', 'basicsr.test'):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, 'parse_options'):
+            module.parse_options = checked_parse_options(module.parse_options)
+
+
+WRITE_FAULTS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 
 
 def experiment_root() -> str:
@@ -156,9 +301,18 @@ def run_pipeline(pipeline: Callable[[str], None], argv: Optional[Sequence[str]] 
     patch_init_dist()
     patch_load_resume_state()
     patch_parse_options()
+    patch_enlarged_sampler()
     try:
         with weights_only_loads():
             pipeline(experiment_root())
     except OptionError as err:  # a whole-run problem: a message, no traceback, exit status 2
         print(f'error: {err}', file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as err:  # a file the run must write (or read) is out of reach: one line naming it
+        if not isinstance(err, WriteError) and err.errno not in WRITE_FAULTS:
+            raise
+        what = 'could not write' if isinstance(err, WriteError) or err.errno in (errno.ENOSPC, errno.EROFS) \
+            else 'cannot access'
+        print(f'error: {what} {err.filename or "a file"}: {err.strerror or err} (the run stopped; '
+              'files written before are intact)', file=sys.stderr)
+        raise SystemExit(1) from None

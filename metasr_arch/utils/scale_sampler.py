@@ -18,6 +18,7 @@ Options::
       type: choice           # one entry uniformly (or with ``weights``)
       scales: [2, 3.5, [1.5, 4], [4, 2]]   # a number is symmetric, a pair is [r_v, r_h]
 """
+import inspect
 import math
 from numbers import Real
 from typing import List, Mapping, Optional, Sequence, Tuple
@@ -25,8 +26,10 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from metasr_arch.ops.geometry import parse_scale
+from metasr_arch.utils.options import _closest
 
 Scale = Tuple[float, float]
+MAX_GRID = 100_000  # grid points per axis: finer steps are continuous in practice
 _SALT = 0x4D455441  # 'META': keeps this stream apart from other users of (seed, iteration)
 
 
@@ -82,6 +85,8 @@ class UniformScaleSampler(ScaleSampler):
                                  or not math.isfinite(step)):
             raise ValueError(f'scale_sampler.step must be a non-negative number (0 or null: continuous), got {step!r}')
         self.step = float(step or 0.0)
+        for name, (lo, hi) in (('v', self.v), ('h', self.h)):
+            self._check_step(name, lo, hi)
         if isinstance(p_symmetric, bool) or not isinstance(p_symmetric, Real) or not 0 <= p_symmetric <= 1:
             raise ValueError(f'scale_sampler.p_symmetric must be a probability in [0, 1], got {p_symmetric!r}')
         self.p_symmetric = float(p_symmetric)
@@ -94,6 +99,20 @@ class UniformScaleSampler(ScaleSampler):
             self.grid_common = np.intersect1d(self.grid_v, self.grid_h)
             if self.grid_common.size == 0:
                 raise ValueError('scale_sampler: the v and h grids share no value for symmetric draws')
+
+    def _check_step(self, name: str, lo: float, hi: float) -> None:
+        """A grid ``lo, lo + step, ...`` must reach ``hi`` (within 1e-6) and stay small enough to hold."""
+        if not self.step or hi == lo:
+            return
+        points = (hi - lo) / self.step
+        if points > MAX_GRID:
+            raise ValueError(f'scale_sampler.step = {self.step!r} makes {points:.3g} grid points over {name} = '
+                             f'[{lo:g}, {hi:g}] (at most {MAX_GRID}): use a coarser step, or step: 0 for continuous')
+        if abs(points - round(points)) * self.step > 1e-6 or round(points) < 1:
+            end = lo + self.step * math.floor(points + 1e-9)
+            raise ValueError(f'scale_sampler.step = {self.step:g} cannot produce the range {name} = [{lo:g}, {hi:g}]: '
+                             f'its grid lo, lo + step, ... ends at {end:g}; choose a step that divides '
+                             f'hi - lo = {hi - lo:g}, or step: 0 for continuous')
 
     def _grid(self, rng: Tuple[float, float]) -> Optional[np.ndarray]:
         if not self.step:
@@ -172,7 +191,13 @@ def build_scale_sampler(opt: Mapping, seed: int = 0) -> ScaleSampler:
     opt = dict(opt)
     kind = opt.pop('type', None)
     if kind not in SAMPLERS:
-        raise ValueError(f'train.scale_sampler.type must be one of {sorted(SAMPLERS)}, got {kind!r}')
+        raise ValueError(f'train.scale_sampler.type must be one of {sorted(SAMPLERS)}, got {kind!r}'
+                         f'{_closest(str(kind), sorted(SAMPLERS))}')
+    valid = [p for p in inspect.signature(SAMPLERS[kind]).parameters if p != 'seed']
+    for key in opt:
+        if key not in valid:
+            raise ValueError(f'train.scale_sampler: unknown option {key!r} for type {kind}{_closest(str(key), valid)} '
+                             f'(valid: type, {", ".join(valid)})')
     try:
         return SAMPLERS[kind](seed=seed, **opt)
     except TypeError as err:  # unknown / missing keyword

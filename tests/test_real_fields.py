@@ -54,3 +54,14 @@ def test_trainings_start_at_bicubic(field):
     opt = real_fields.train_options(field, 300)
     # the height field beats bicubic only from a start at bicubic (bicubic_skip and no pretrained weights)
     assert opt['bicubic_skip'] is True and opt['path']['pretrain_network_g'] is None
+
+
+@pytest.mark.slow
+def test_short_run_writes_netcdf_that_passes_every_check(tmp_path):
+    """The whole path on the real SST file, 2 iterations (too few to beat bicubic): the trainer and the
+    inference CLI are run as the experiment runs them, and the NetCDF output passes every check."""
+    pytest.importorskip('eofs', reason='the real fields ship in the eofs package')
+    results = real_fields.run(str(tmp_path), iters=2, fields=('sst',), log=lambda msg: None)
+    checks = results['sst']['checks']
+    assert [k for k, v in checks.items() if v is False] == [] and checks['missing_points'] == 3600
+    assert (tmp_path / 'infer_sst' / 'sst_ndjfm_anom_36x60.nc').is_file()

@@ -161,12 +161,14 @@ def run(out_dir: str, iters: int = 300, fields=('sst', 'hgt'),
         exp = Path(out_dir) / 'experiments' / f'real_{key}'
         record = json.loads((exp / 'metrics.jsonl').read_text().splitlines()[-1])
         infer_dir = os.path.join(out_dir, f'infer_{key}')
+        os.makedirs(infer_dir, exist_ok=True)
+        # a NetCDF file named as such: an output folder gets Zarr, the default for gridded inputs
+        out_nc = os.path.join(infer_dir, f'{Path(fname).stem}_{size[0]}x{size[1]}.nc')
         log(f'{key}: upscaling the validation winters to {size[0]} x {size[1]}')
         infer_s = _run(['metasr_arch.infer', eofs_file(fname), '--ckpt', str(exp / 'models' / 'net_g_latest.pth'),
                         '--size', f'{size[0]}x{size[1]}', '--time', str(val_steps[0]), str(val_steps[1]),
-                        '-o', infer_dir, '--quiet', '--device', 'cpu', '--overwrite'],
+                        '-o', out_nc, '--quiet', '--device', 'cpu', '--overwrite'],
                        out_dir, os.path.join(out_dir, f'infer_{key}.log'))
-        out_nc = os.path.join(infer_dir, f'{Path(fname).stem}_{size[0]}x{size[1]}.nc')
         results[key] = {
             'file': fname, 'variable': var, 'iters': iters, 'train_seconds': round(train_s, 1),
             'infer_seconds': round(infer_s, 1), 'scale': record['scale'],

@@ -58,7 +58,7 @@ def test_trainings_start_at_bicubic(field):
 
 @pytest.mark.slow
 def test_short_run_writes_netcdf_that_passes_every_check(tmp_path):
-    """The whole path on the real SST file, 2 iterations (too few to beat bicubic): the trainer and the
+    """The whole path on the real SST file, 2 iterations (not asserted to beat bicubic): the trainer and the
     inference CLI are run as the experiment runs them, and the NetCDF output passes every check."""
     pytest.importorskip('eofs', reason='the real fields ship in the eofs package')
     results = real_fields.run(str(tmp_path), iters=2, fields=('sst',), log=lambda msg: None)

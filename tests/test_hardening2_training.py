@@ -291,6 +291,41 @@ def test_auto_resume_takes_the_newest_complete_pair(tmp_path, capsys):
     assert newest_complete_state(opt) is None and 'starting from iteration 0' in capsys.readouterr().err
 
 
+def test_resumed_bicubic_skip_network_adopts_its_flag_without_a_key_warning(tmp_path):
+    """Resuming a ``bicubic_skip`` run: the checkpoint's ``bicubic_residual`` flag is adopted before BasicSR's key
+    comparison (no ``Loaded net - current net`` warning), and the loaded networks still skip the mean."""
+    import logging
+    from basicsr.utils import get_root_logger
+    import metasr_arch.models.metasr_model as mm
+    opt = make_opt(tmp_path / 'a', ema_decay=0.9)
+    opt['bicubic_skip'] = True
+    trained = mm.MetaSRModel(opt)
+    with torch.no_grad():  # a trained residual branch: not zero, so the comparison below is not 0 == 0
+        for net in (trained.net_g, trained.net_g_ema):
+            net.residual_last_layer().weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+    trained.save(0, 3)
+    resumed_opt = make_opt(tmp_path / 'b', ema_decay=0.9)
+    resumed_opt['bicubic_skip'] = True
+    resumed_opt['path']['pretrain_network_g'] = str(tmp_path / 'a' / 'exp' / 'models' / 'net_g_3.pth')
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = get_root_logger()
+    logger.addHandler(handler)
+    try:
+        resumed = mm.MetaSRModel(resumed_opt)
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
+    from basicsr.archs import build_network
+    assert build_network(dict(NET)).mean_out.any()  # a network without the flag would add the mean back
+    x = torch.rand(1, 3, 9, 11, generator=torch.Generator().manual_seed(2))
+    for before, after in ((trained.net_g, resumed.net_g), (trained.net_g_ema, resumed.net_g_ema)):
+        assert after.predicts_residual and not after.mean_out.any()
+        with torch.no_grad():
+            torch.testing.assert_close(after(x, scale=2.5), before(x, scale=2.5), rtol=0, atol=0)
+
+
 # --------------------------------------------------------------------------- item 5: exact resume
 def _train(tmp_path, opt, *extra):
     (tmp_path / 'o.yml').write_text(yaml.safe_dump(opt))

@@ -39,7 +39,7 @@ from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
-from metasr_arch.archs.metasr_base import start_at_bicubic
+from metasr_arch.archs.metasr_base import mark_residual_from_state, start_at_bicubic
 from metasr_arch.archs.periodic import bicubic_for, is_periodic_w
 from metasr_arch.losses.masked_loss import batch_mask, masked_pixel_loss
 from metasr_arch.metrics.weighted import masked_psnr, scoring_inputs
@@ -726,7 +726,9 @@ class MetaSRModel(SRModel):
 
     def load_network(self, net: nn.Module, load_path: str, strict: bool = True, param_key: str = 'params') -> None:
         """BasicSR's ``load_network`` with ``weights_only=True`` (checkpoints hold tensors and plain options);
-        ``.safetensors`` files too (``read_network_checkpoint``)."""
+        ``.safetensors`` files too (``read_network_checkpoint``). Weights of a ``bicubic_skip`` network trained
+        from scratch make ``net`` a residual network first (``mark_residual_from_state``), so their
+        ``bicubic_residual`` flag is not reported as a key the network lacks."""
         logger = get_root_logger()
         net = self.get_bare_model(net)
         ckpt = read_network_checkpoint(load_path)
@@ -739,5 +741,6 @@ class MetaSRModel(SRModel):
             ckpt = ckpt[param_key]
         state = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in ckpt.items())
         logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
+        mark_residual_from_state(net, state)  # before BasicSR's key comparison
         self._print_different_keys_loading(net, state, strict)
         net.load_state_dict(state, strict=strict)

@@ -238,8 +238,11 @@ def load_trunk_weights(trunk: nn.Module, pretrained: Mapping, dropped_modules: S
         the dropped checkpoint keys, sorted.
     """
     path = pretrained['path']
-    ckpt = load_checkpoint(str(path), f'{section}.path')
-    state, key = select_params(ckpt, pretrained.get('param_key'), str(path))
+    try:  # a bad file is a problem of the options: reported without a traceback by the command lines
+        ckpt = load_checkpoint(str(path), f'{section}.path')
+        state, key = select_params(ckpt, pretrained.get('param_key'), str(path))
+    except ValueError as err:
+        raise OptionError(str(err).replace('--param-key', f'{section}.param_key')) from None
     state = {(k[7:] if k.startswith('module.') else k): v for k, v in state.items()}
     dropped = sorted(k for k in state if any(k == m or k.startswith(m + '.') for m in dropped_modules))
     state = {k: v for k, v in state.items() if k not in dropped}

@@ -22,6 +22,7 @@ import metasr_arch  # noqa: F401  (registers the archs and aliases functional_te
 from metasr_arch.deploy.export import DEFAULT_OPSET, FORMATS, ONNX_EXPORTERS, SUFFIXES, export_checked
 from metasr_arch.deploy.frozen import MODES, freeze
 from metasr_arch.inference.checkpoint import load_network
+from metasr_arch.utils import fork_imports
 from metasr_arch.utils.naming import Request, parse_scale_text, parse_size_text, request_tag
 
 
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--ckpt', required=True, help='checkpoint (.pth or .safetensors) with params / params_ema')
     p.add_argument('--opt', help='options YAML (its network_g); optional if the checkpoint records network_opt')
     p.add_argument('--param-key', default=None, help='params or params_ema (default: params_ema if present)')
+    p.add_argument(fork_imports.FLAG, dest='imports', action='append', default=[], metavar='MODULE',
+                   help=fork_imports.HELP)
     p.add_argument('--scale', nargs='+', action='extend', default=[], metavar='S',
                    help="scales: '2.5' (both axes) or '2x3.5' (vertical x horizontal); several allowed")
     p.add_argument('--size', nargs='+', action='extend', default=[], metavar='HxW',
@@ -78,7 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         paths = output_paths(args.output, args.format, requests)
         if any(p.resolve() == Path(args.ckpt).resolve() for p in paths):
             raise ValueError(f'-o {args.output} would overwrite the checkpoint --ckpt {args.ckpt}')
-        net = load_network(args.opt, args.ckpt, args.param_key)
+        allowed = fork_imports.import_arch_modules(args.imports)
+        net = load_network(args.opt, args.ckpt, args.param_key, allow_types=allowed)
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

@@ -44,6 +44,7 @@ import torch
 from metasr_arch.archs.meta_upsample_arch import MODULE_IMPLS
 from metasr_arch.utils.amp import autocast_supported
 from metasr_arch.inference.checkpoint import load_network, network_channels, set_impl
+from metasr_arch.utils import fork_imports
 from metasr_arch.inference.gridded import upscale_gridded
 from metasr_arch.utils.gridded_io import is_gridded_path, parse_time_arg
 from metasr_arch.inference.runner import check_max_pixels, upscale_sample
@@ -141,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--opt', help='options YAML (its network_g); optional if the checkpoint records network_opt')
     p.add_argument('--ckpt', required=True, help='checkpoint with params / params_ema')
     p.add_argument('--param-key', default=None, help='params or params_ema (default: params_ema if present)')
+    p.add_argument(fork_imports.FLAG, dest='imports', action='append', default=[], metavar='MODULE',
+                   help=fork_imports.HELP)
     p.add_argument('--tile', type=int, default=None, help='tile size in input pixels (default: whole image)')
     p.add_argument('--tile-overlap', type=int, default=8, help='tile overlap in input pixels (default: 8)')
     p.add_argument('--fp16', action='store_true', help='float16 autocast (CUDA, or a CPU where torch supports it)')
@@ -200,7 +203,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from tqdm import tqdm
     args, requests, device = parse_args(argv)
     try:
-        net = load_network(args.opt, args.ckpt, args.param_key, device)
+        allowed = fork_imports.import_arch_modules(args.imports)
+        net = load_network(args.opt, args.ckpt, args.param_key, device, allow_types=allowed)
         if args.impl is not None and not set_impl(net, args.impl):
             raise ValueError(f'--impl {args.impl}: the network has no MetaUpsample head')
         channels = network_channels(net)

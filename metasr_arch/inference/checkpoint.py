@@ -1,7 +1,7 @@
 """Loading trained networks for inference: network options (from the checkpoint or an options file),
 strict state-dict loading through BasicSR's registry, and small helpers on the loaded network (operator
 implementation, input channels). Files are read by ``metasr_arch.utils.checkpoint`` (weights only)."""
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -62,7 +62,7 @@ def build_and_load(network_opt: dict, state: Dict[str, torch.Tensor], source: st
 
 
 def load_network(opt: Optional[str] = None, ckpt: Optional[str] = None, param_key: Optional[str] = None,
-                 device: Union[str, torch.device] = 'cpu') -> nn.Module:
+                 device: Union[str, torch.device] = 'cpu', allow_types: Sequence[str] = ()) -> nn.Module:
     """A network ready for inference, from an options YAML plus checkpoint, or a checkpoint alone.
 
     Args:
@@ -71,6 +71,8 @@ def load_network(opt: Optional[str] = None, ckpt: Optional[str] = None, param_ke
         ckpt: checkpoint path (BasicSR format ``{'params': ..., 'params_ema': ...}``, ``.pth`` or ``.safetensors``).
         param_key: which weights to use; default ``params_ema`` when present, else ``params``.
         device: where the network goes.
+        allow_types: arch names the user allowed beyond the package's own (those ``--import MODULE``
+            registered, ``utils.fork_imports``); they are registered, so the checks below build them.
     """
     if ckpt is None:
         raise ValueError('--ckpt is required (a checkpoint with params or params_ema)')
@@ -81,6 +83,8 @@ def load_network(opt: Optional[str] = None, ckpt: Optional[str] = None, param_ke
         network_opt, section = dict(checkpoint['network_opt']), f'network_opt recorded in --ckpt {ckpt}'
     else:
         raise ValueError(f'--ckpt {ckpt} records no network_opt; pass the training options with --opt')
+    # MetaSR's trunk_pretrained was the start of training; the checkpoint holds the whole trained network
+    network_opt.pop('trunk_pretrained', None)
     state, key = select_params(checkpoint, param_key, ckpt)
     net = build_and_load(network_opt, state, source=f'--ckpt {ckpt} [{key}]', section=section)
     # MetaSRModel's bicubic_skip: the network predicts the residual over bicubic, recorded in the checkpoint

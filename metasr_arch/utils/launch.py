@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from metasr_arch.utils.checkpoint import err_detail
+from metasr_arch.utils.fork_imports import import_arch_modules, pop_import_args
 from metasr_arch.utils.options import OptionError, check_network_sections
 
 # No arch is imported here (the ground floor): a fork patched by scripts/install_into_basicsr_fork.py
@@ -149,14 +150,18 @@ def run_pipeline(pipeline: Callable[[str], None], argv: Optional[Sequence[str]] 
     """Run a BasicSR pipeline (it parses ``sys.argv``) with the plugin registered.
 
     Every ``torch.load`` in the pipeline reads weights only; problems of the whole run (an unknown
-    network option, a refused resume state) end with ``error: ...`` and exit status 2.
+    network option, a refused resume state) end with ``error: ...`` and exit status 2. ``--import MODULE``
+    (repeatable) imports a module that registers archs (a fork's) before the options are read.
     """
-    if argv is not None:
-        sys.argv = [sys.argv[0]] + list(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     patch_init_dist()
     patch_load_resume_state()
     patch_parse_options()
     try:
+        # --import MODULE (a fork's archs, by the user's consent) is ours: BasicSR's parser never sees it
+        args, modules = pop_import_args(args)
+        import_arch_modules(modules)
+        sys.argv = [sys.argv[0]] + args
         with weights_only_loads():
             pipeline(experiment_root())
     except OptionError as err:  # a whole-run problem: a message, no traceback, exit status 2

@@ -40,6 +40,7 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 from metasr_arch.archs.periodic import bicubic_for
+from metasr_arch.models import finetune
 from metasr_arch.ops.geometry import parse_scale, resolve_scale
 from metasr_arch.utils.amp import all_finite, amp_dtype, amp_name, autocast, compile_for_training, parse_compile
 from metasr_arch.utils.atomic import atomic_write, atomic_write_bytes
@@ -385,7 +386,15 @@ class MetaSRModel(SRModel):
                 loss_dict[prefix + 'style'] = l_style
         return l_total, loss_dict
 
+    def setup_optimizers(self) -> None:
+        """BasicSR's, or head and trunk groups with ``train.trunk_lr_scale``; ``train.freeze_trunk_iters``
+        (``models.finetune``)."""
+        if not finetune.setup_generator_optimizer(self):
+            super().setup_optimizers()
+        self.trunk_freeze = finetune.attach_freeze(self)
+
     def optimize_parameters(self, current_iter: int) -> None:
+        self.trunk_freeze.update(current_iter)
         self.optimizer_g.zero_grad()
         with self.train_autocast():
             self.output = self.amp_float(self.net_forward(self.net_g_train, self.train_input(self.lq)))

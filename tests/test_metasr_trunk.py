@@ -288,3 +288,53 @@ def test_every_family_trains_through_the_cli(family, tmp_path):
     net = build_network(dict(ckpt['network_opt']))
     net.load_state_dict(ckpt['params'], strict=True)  # trunk.* and upsample.* only: no upsampler of the trunk
     assert any(k.startswith('trunk.') for k in ckpt['params'])
+
+
+@pytest.mark.parametrize('family, fmt', [('RRDBNet_x2', 'onnx'), ('SwinIR', 'torchscript'), ('EDSR', 'exported'),
+                                         ('feature_module', 'onnx')])
+def test_export_checked_against_pytorch(family, fmt, tmp_path):
+    from metasr_arch.deploy.export import export_checked
+    from metasr_arch.deploy.frozen import freeze
+    extra = {'feature_module': 'upsample', 'drop_modules': ['conv_last']} if family == 'feature_module' else {}
+    torch.manual_seed(0)
+    net = MetaSR(trunk=FAMILIES['EDSR' if extra else family][0], head=HEAD, **extra).eval()
+    request = ('scale', (2.5, 1.5))
+    results = export_checked(net, freeze(net, request, (10, 14)), tmp_path / f'm.{fmt}', fmt, request, batch=1)
+    assert results and all(r.passed for r in results)
+
+
+@pytest.mark.parametrize('family', ['EDSR', 'SwinIR'])
+def test_feature_tiling_is_exact(family):
+    from metasr_arch.inference.tiling import tiled_forward
+    net = MetaSR(trunk=FAMILIES[family][0], head=HEAD).eval()
+    x = image(24, 28)
+    with torch.no_grad():
+        whole = net(x, scale=(2.5, 1.5))
+        tiled = tiled_forward(net, x, scale=(2.5, 1.5), tile=12, overlap=8)
+    torch.testing.assert_close(tiled, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_and_channels_last_close_to_float32():
+    net = MetaSR(trunk=FAMILIES['RCAN'][0], head=HEAD).eval()
+    x = image()
+    with torch.no_grad():
+        ref = net(x, scale=2.5)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            low = net(x, scale=2.5).float()
+        net = net.to(memory_format=torch.channels_last)
+        cl = net(x.to(memory_format=torch.channels_last), scale=2.5)
+    assert (low - ref).abs().max() < 0.05 * ref.abs().max()
+    torch.testing.assert_close(cl, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_one_channel_periodic_trunk():
+    """Gridded data: one channel, columns wrapping around (RRDBNet x2 unshuffles: width a multiple of 2)."""
+    trunk = dict(FAMILIES['RRDBNet_x2'][0], num_in_ch=1, num_out_ch=1)
+    net = MetaSR(trunk=trunk, head=HEAD, periodic_w=True).eval()
+    x = torch.rand(1, 1, 10, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = net(x, out_size=(25, 32))
+        shifted = net(torch.roll(x, 4, dims=3), out_size=(25, 32))
+    torch.testing.assert_close(shifted, torch.roll(out, 8, dims=3), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match='multiple of 2'):
+        net(torch.rand(1, 1, 10, 15), scale=2)

@@ -338,3 +338,20 @@ def test_one_channel_periodic_trunk():
     torch.testing.assert_close(shifted, torch.roll(out, 8, dims=3), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match='multiple of 2'):
         net(torch.rand(1, 1, 10, 15), scale=2)
+
+
+def test_benchmark_script_measures_the_new_trunks(capsys):
+    """scripts/benchmark_models.py --trunks EDSR, tiny: the fixed x4 head is EDSR's own upsampler and last conv."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / 'scripts' / 'benchmark_models.py'
+    spec = importlib.util.spec_from_file_location('benchmark_models', path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(['--device', 'cpu', '--trunks', 'EDSR', '--batch', '1', '--patch', '8', '--repeats', '1'])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith('| EDSR |'))
+    cells = [c.strip() for c in row.split('|')[1:-1]]
+    # x4 upsampler: two 3x3 convs 64 -> 256 (+bias), conv_last 64 -> 3; head: Linear(4, 256) + Linear(256, 9*64*3)
+    assert cells[3] == f'{(2 * (64 * 256 * 9 + 256) + 64 * 3 * 9 + 3) / 1e6:.3f}M'
+    assert cells[2] == f'{(4 * 256 + 256 + 256 * 1728 + 1728) / 1e6:.3f}M'
+    assert float(cells[4]) > 0 and float(cells[6]) > 0

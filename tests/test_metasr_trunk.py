@@ -355,3 +355,28 @@ def test_benchmark_script_measures_the_new_trunks(capsys):
     assert cells[3] == f'{(2 * (64 * 256 * 9 + 256) + 64 * 3 * 9 + 3) / 1e6:.3f}M'
     assert cells[2] == f'{(4 * 256 + 256 + 256 * 1728 + 1728) / 1e6:.3f}M'
     assert float(cells[4]) > 0 and float(cells[6]) > 0
+
+
+@pytest.mark.slow  # full-size trunks (RRDBNet: 16.7M parameters) built twice
+@pytest.mark.parametrize('name', ['train_MetaSR_EDSR-baseline_x1-4.yml', 'train_MetaSR_RRDBNet_x1-4_finetune.yml'])
+def test_option_files_build(name, tmp_path):
+    """The shipped options pass the whole-file check and build (the pretrained file replaced by a fixed
+    x4 checkpoint of the same plain arch written here)."""
+    import copy
+    import os
+    import yaml
+    from metasr_arch.models.metasr_model import check_metasr_options
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'options', 'train',
+                           name)) as f:
+        opt = yaml.safe_load(f)
+    opt['is_train'] = True
+    check_metasr_options(opt)
+    check_network_options(opt['network_g'], 'network_g')
+    net_opt = copy.deepcopy(opt['network_g'])
+    if 'trunk_pretrained' in net_opt:
+        ckpt = tmp_path / 'fixed.pth'
+        torch.save({net_opt['trunk_pretrained']['param_key']: build_network(dict(net_opt['trunk'])).state_dict()},
+                   str(ckpt))
+        net_opt['trunk_pretrained']['path'] = str(ckpt)
+    net = build_network(net_opt)
+    assert isinstance(net, MetaSR) and net.family.name == net_opt['trunk']['type']

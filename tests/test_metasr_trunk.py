@@ -380,3 +380,39 @@ def test_option_files_build(name, tmp_path):
         net_opt['trunk_pretrained']['path'] = str(ckpt)
     net = build_network(net_opt)
     assert isinstance(net, MetaSR) and net.family.name == net_opt['trunk']['type']
+
+
+def test_fixed_scale_net_and_its_plain_checkpoint(tmp_path):
+    from metasr_arch.archs.fixed_scale_arch import FixedScaleNet, plain_state_dict
+    trunk_opt = FAMILIES['EDSR'][0]  # x2
+    fixed = FixedScaleNet(net=dict(trunk_opt), scale=2).eval()
+    ref = build_network(dict(trunk_opt)).eval()
+    ref.load_state_dict(plain_state_dict(fixed.state_dict()))
+    x = image(9, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(fixed(x, scale=2), ref(x))
+        torch.testing.assert_close(fixed(x, out_size=(18, 22)), ref(x))
+        with pytest.raises(ValueError, match='serves only x2'):
+            fixed(x, scale=2.5)
+    path = save_params(ref, tmp_path / 'plain.pth')
+    net = MetaSR(trunk=trunk_opt, head=HEAD, trunk_pretrained={'path': path}).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net.forward_trunk(x), fed_to(fixed.net, 'upsample', x))
+
+
+def test_trunk_finetune_driver_options(tmp_path):
+    from metasr_arch.experiments import trunk_finetune as tf
+    specs = tf.model_specs(40, 20)
+    assert {n: it for n, (_, it) in specs.items()} == {'fixed_x4': 40, 'converted': 20, 'scratch': 60}
+    paths = tf.write_options(str(tmp_path), specs)
+    import yaml
+    opts = {n: yaml.safe_load(open(p[0])) for n, p in paths.items()}
+    assert opts['converted']['network_g']['trunk'] == opts['scratch']['network_g']['trunk'] == \
+        opts['fixed_x4']['network_g']['net']
+    assert opts['converted']['network_g']['trunk_pretrained']['path'] == str(tmp_path / tf.PLAIN_CKPT)
+    assert opts['converted']['train']['freeze_trunk_iters'] == 4 and 'trunk_lr_scale' not in opts['scratch']['train']
+    assert opts['fixed_x4']['train']['scale_sampler'] == {'type': 'choice', 'scales': [4]}
+    for name, opt in opts.items():
+        check_network_options(opt['network_g'], f'{name} network_g')
+    test_scales = yaml.safe_load(open(paths['converted'][1]))['val']['scales']
+    assert test_scales == [2.0, 3.0, 4.0, 2.5, [2.0, 3.5]]

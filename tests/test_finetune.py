@@ -110,3 +110,23 @@ def test_auto_resume_keeps_group_rates_and_freeze(tmp_path):
     assert not all(torch.equal(third[k], fourth[k]) for k in trunk)  # iteration 4 trains it
     state = torch.load(str(tmp_path / 'experiments' / 'ft' / 'training_states' / '4.state'), weights_only=True)
     assert [g['lr'] for g in state['optimizers'][0]['param_groups']] == pytest.approx([5e-4, 1.25e-4])
+
+
+def test_trunk_pretrained_not_read_when_the_whole_network_loads(tmp_path):
+    """A resumed run or a test run (path.pretrain_network_g) and inference never read trunk_pretrained."""
+    from basicsr.archs import build_network
+    from metasr_arch.inference.checkpoint import load_network
+    fixed = build_network(dict(TRUNK))
+    torch.save({'params': fixed.state_dict()}, str(tmp_path / 'fixed.pth'))
+    net_opt = dict(NET, trunk_pretrained={'path': str(tmp_path / 'fixed.pth')})
+    net = build_network(dict(net_opt))
+    torch.save({'params': net.state_dict(), 'network_opt': net_opt}, str(tmp_path / 'meta.pth'))
+    (tmp_path / 'fixed.pth').unlink()  # the start file is gone
+    loaded = load_network(ckpt=str(tmp_path / 'meta.pth'))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
+    opt = make_opt(tmp_path)
+    opt['network_g'] = dict(net_opt)
+    opt['path']['pretrain_network_g'] = str(tmp_path / 'meta.pth')
+    model = MetaSRModel(opt)
+    assert 'trunk_pretrained' not in model.opt['network_g']
+    assert all(torch.equal(a, b) for a, b in zip(model.net_g.state_dict().values(), net.state_dict().values()))

@@ -93,6 +93,21 @@ class TrunkFreeze:
             optimizer.register_step_pre_hook(self._drop_trunk_grads)
 
 
+def skip_trunk_pretrained_when_loading(opt: dict) -> bool:
+    """Drop ``network_g.trunk_pretrained`` when ``path.pretrain_network_g`` loads the whole network anyway
+    (a resumed run, whose BasicSR sets it to the last checkpoint; a test run of training options): the
+    trunk's start file is then neither needed nor read. Returns whether it was dropped (and logs it)."""
+    net_opt = opt.get('network_g')
+    if not isinstance(net_opt, dict) or not net_opt.get('trunk_pretrained') \
+            or not (opt.get('path') or {}).get('pretrain_network_g'):
+        return False
+    from basicsr.utils import get_root_logger
+    opt['network_g'] = {k: v for k, v in net_opt.items() if k != 'trunk_pretrained'}
+    get_root_logger().info(f'network_g.trunk_pretrained ({net_opt["trunk_pretrained"].get("path")}) not read: '
+                           f'path.pretrain_network_g ({opt["path"]["pretrain_network_g"]}) loads the whole network')
+    return True
+
+
 def setup_generator_optimizer(model) -> bool:
     """``SRModel.setup_optimizers`` for ``net_g`` with ``train.trunk_lr_scale`` (two groups), and the
     ``TrunkFreeze`` of ``train.freeze_trunk_iters`` as ``model.trunk_freeze``.

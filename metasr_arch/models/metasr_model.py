@@ -183,6 +183,7 @@ class MetaSRModel(SRModel):
 
     def __init__(self, opt: dict):
         check_metasr_options(opt)
+        finetune.skip_trunk_pretrained_when_loading(opt)
         if opt.get('val') is not None and not opt['val'].get('metrics'):
             opt['val']['metrics'] = deepcopy(DEFAULT_METRICS)
         self.current_iter = 0

@@ -37,7 +37,7 @@ IN_CH_KEYS = ('num_in_ch', 'in_chans', 'in_nc', 'in_channels')
 OUT_CH_KEYS = ('num_out_ch', 'out_chans', 'out_nc', 'out_channels')
 # what follows the feature map in the SwinIR family (SwinIR's four upsamplers, HAT, ...): never run, not kept
 SWIN_TAIL = ('upsample', 'conv_last', 'conv_up1', 'conv_up2', 'conv_up3', 'conv_hr')
-_PROBE_SIZE = 16  # side of the zero image that finds the feature width at build time (a window multiple for Swin)
+_PROBE_SIZE = 16  # least side of the zero image that finds the feature width and stride at build time
 
 Features = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
@@ -383,7 +383,9 @@ class MetaSR(MetaSRNet):
     def _probe(self, net_type: str) -> Tuple[int, int]:
         """(feature channels, stride) from one small zero image; fails at build time on a layout that does
         not run."""
-        side = _PROBE_SIZE * self.window_size
+        # the smallest multiple of the window (and of RRDBNet's unshuffle 4) from 16 pixels: a full-size HAT
+        # (window 16) probes on 16 x 16, not on a large image
+        side = self.window_size * -(-_PROBE_SIZE // self.window_size)
         x = torch.zeros(1, self.num_in_ch, side, side)
         training = self.trunk.training
         self.trunk.eval()  # no BatchNorm statistics or dropout from the probe

@@ -43,6 +43,7 @@ from metasr_arch.archs.metasr_base import mark_residual_from_state, start_at_bic
 from metasr_arch.archs.periodic import bicubic_for, is_periodic_w
 from metasr_arch.losses.masked_loss import batch_mask, masked_pixel_loss
 from metasr_arch.metrics.weighted import masked_psnr, scoring_inputs
+from metasr_arch.models import finetune
 from metasr_arch.ops.geometry import parse_scale, resolve_scale
 from metasr_arch.utils.amp import all_finite, amp_dtype, amp_name, autocast, compile_for_training, parse_compile
 from metasr_arch.utils import data_position, rng_state
@@ -190,6 +191,7 @@ class MetaSRModel(SRModel):
 
     def __init__(self, opt: dict):
         check_metasr_options(opt)
+        finetune.skip_trunk_pretrained_when_loading(opt)
         if opt.get('val') is not None and not opt['val'].get('metrics'):
             opt['val']['metrics'] = deepcopy(DEFAULT_METRICS)
         self.current_iter = 0
@@ -399,7 +401,15 @@ class MetaSRModel(SRModel):
                 loss_dict[prefix + 'style'] = l_style
         return l_total, loss_dict
 
+    def setup_optimizers(self) -> None:
+        """BasicSR's, or head and trunk groups with ``train.trunk_lr_scale``; ``train.freeze_trunk_iters``
+        (``models.finetune``)."""
+        if not finetune.setup_generator_optimizer(self):
+            super().setup_optimizers()
+        self.trunk_freeze = finetune.attach_freeze(self)
+
     def optimize_parameters(self, current_iter: int) -> None:
+        self.trunk_freeze.update(current_iter)
         self.optimizer_g.zero_grad()
         with self.train_autocast():
             self.output = self.amp_float(self.net_forward(self.net_g_train, self.train_input(self.lq)))

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from metasr_arch.utils.atomic import WriteError
 from metasr_arch.utils.checkpoint import NotWeightsOnlyError, check_weights_only_file, err_detail, file_name
+from metasr_arch.utils.fork_imports import import_arch_modules, pop_import_args
 from metasr_arch.utils.data_position import patch_enlarged_sampler
 from metasr_arch.utils.options import OptionError
 from metasr_arch.utils.options_check import check_options
@@ -338,14 +339,19 @@ def run_pipeline(pipeline: Callable[[str], None], argv: Optional[Sequence[str]] 
     Every ``torch.load`` in the pipeline reads weights only; problems of the whole run (an unknown
     network option, a refused resume state or pretrained network) end with ``error: ...`` and exit status 2;
     a file refused later in the run (a resumed run's checkpoint) with ``error: ...`` and exit status 1.
+    ``--import MODULE`` (repeatable) imports a module that registers archs (a fork's) before the options
+    are read.
     """
-    if argv is not None:
-        sys.argv = [sys.argv[0]] + list(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     patch_init_dist()
     patch_load_resume_state()
     patch_parse_options()
     patch_enlarged_sampler()
     try:
+        # --import MODULE (a fork's archs, by the user's consent) is ours: BasicSR's parser never sees it
+        args, modules = pop_import_args(args)
+        import_arch_modules(modules)
+        sys.argv = [sys.argv[0]] + args
         with weights_only_loads():
             pipeline(experiment_root())
     except OptionError as err:  # a whole-run problem: a message, no traceback, exit status 2

@@ -268,7 +268,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     written = 0
     images = sum(len(j) for p, j in jobs.items() if not is_gridded_path(str(p)))
     bar = tqdm(total=images, unit='img', disable=args.quiet or not images, desc='upscaling')
-    spec = NetworkSpec(args.ckpt, args.opt, args.param_key, args.impl, str(device), tuple(args.allow_arch))
+    spec = NetworkSpec(args.ckpt, args.opt, args.param_key, args.impl, str(device), tuple(args.allow_arch),
+                       tuple(args.imports))
     ahead = None
     if args.batch and args.batch > 1 and images:  # same-size images of the run, N per forward
         ahead = LookAhead(net, channels, device, args.batch,

@@ -54,12 +54,15 @@ class NetworkSpec:
     impl: Optional[str] = None
     device: str = 'cpu'
     allow_arch: Tuple[str, ...] = ()
+    imports: Tuple[str, ...] = ()
 
     def load(self):
         """The network, in eval mode on ``device`` (``checkpoint.load_network``; ``allow_arch``: the CLI's
-        ``--allow-arch``)."""
+        ``--allow-arch``; ``imports``: its ``--import`` modules, imported again in each worker process)."""
         from metasr_arch.inference.checkpoint import load_network, set_impl
-        net = load_network(self.opt, self.ckpt, self.param_key, torch.device(self.device), self.allow_arch)
+        from metasr_arch.utils.fork_imports import import_arch_modules
+        allowed = (*self.allow_arch, *import_arch_modules(self.imports))
+        net = load_network(self.opt, self.ckpt, self.param_key, torch.device(self.device), allowed)
         if self.impl is not None and not set_impl(net, self.impl):
             raise ValueError(f'--impl {self.impl}: the network has no MetaUpsample head')
         return net

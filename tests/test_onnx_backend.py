@@ -42,8 +42,9 @@ def test_onnxruntime_equals_eager_within_1e4_of_the_range(rgb_net, request_):
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert float((out - ref).abs().max()) <= 1e-4 * float(ref.max() - ref.min())
     # the bicubic skip is in the graph: without it the output would differ by far more than the tolerance
-    assert float((out - rgb_net(x, scale=value if kind == 'scale' else None,
-                                out_size=value if kind == 'size' else None)).abs().max()) > 1e-2
+    with torch.no_grad():
+        bare = rgb_net(x, scale=value if kind == 'scale' else None, out_size=value if kind == 'size' else None)
+    assert float((out - bare).abs().max()) > 1e-2
     assert onnx_frozen(rgb_net, request_, (9, 7), batch=2, threads=1) is fast  # built once per key
     with pytest.raises(ValueError, match=r'--compile onnxruntime: the session takes \(2, C, 9, 7\)'):
         fast(torch.rand(3, 3, 9, 7))
@@ -125,3 +126,17 @@ def test_network_export_cannot_take_and_a_differing_graph_are_refused(rgb_net, m
     monkeypatch.setattr(runner, 'run_network', lambda *a, **k: real(*a, **k) + 0.5)  # an eager path that disagrees
     with pytest.raises(RuntimeError, match='differs from the eager network'):
         fast(torch.rand(1, 3, 6, 6))
+
+
+def test_benchmark_script_side_by_side_tiny(tmp_path, monkeypatch):
+    """scripts/benchmark_export.py on a tiny network at 8 x 8: eager and ONNX Runtime built as the CLI
+    builds them, their error against eager and the table with the ratio to ONNX Runtime."""
+    from test_tools import load_script
+    bench = load_script('benchmark_export.py')
+    monkeypatch.setitem(bench.CASES, 'tiny', (lambda: {'type': 'MetaRDN', **TINY_RGB}, True))
+    r = bench.time_case('tiny', 2.5, 8, repeats=2, threads=1, backends=('eager', 'onnxruntime'), batch=2)
+    assert r['onnxruntime_err'] <= 1e-4 and r['eager'] > 0 and r['onnxruntime'] > 0 and r['mode'] == 'conv'
+    rows = bench.table([r], ('eager', 'onnxruntime'))
+    assert rows[0].startswith('| network | params | head form | eager PyTorch (s) | ONNX Runtime build (s)')
+    assert rows[0].endswith('| eager PyTorch / ONNX Runtime |') and len(rows) == 3
+    assert rows[2].endswith(f"| {r['eager'] / r['onnxruntime']:.2f}x |")

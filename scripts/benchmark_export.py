@@ -1,6 +1,6 @@
 """Eager PyTorch, ``torch.compile`` and ONNX Runtime (CPU) side by side on a Meta-SR network at one request.
 
-    python scripts/benchmark_export.py                      # demo network and full-size MetaRDN, x2.5, 256x256, all three
+    python scripts/benchmark_export.py                      # demo and full-size MetaRDN, x2.5, 256x256, all three
     python scripts/benchmark_export.py --cases demo --repeats 5 --markdown out.md
     python scripts/benchmark_export.py --backends eager onnxruntime   # without torch.compile (saves its compile time)
 

@@ -52,6 +52,7 @@ from metasr_arch.archs.meta_upsample_arch import MODULE_IMPLS
 from metasr_arch.utils.amp import autocast_supported
 from metasr_arch.inference.checkpoint import load_network, network_channels, set_impl
 from metasr_arch.inference.archive import COMPILE_BACKENDS, ArchiveJob, NetworkSpec, upscale_archive
+from metasr_arch.utils import fork_imports
 from metasr_arch.inference.gridded import upscale_gridded
 from metasr_arch.utils.gridded_io import is_gridded_path, parse_time_arg
 from metasr_arch.inference.runner import LookAhead, check_max_pixels, upscale_sample
@@ -155,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='image/.npy inputs or outputs with NaN/inf: error (default: refuse the file) or '
                         'propagate (run and write them, with a warning per file)')
     p.add_argument('--param-key', default=None, help='params or params_ema (default: params_ema if present)')
+    p.add_argument(fork_imports.FLAG, dest='imports', action='append', default=[], metavar='MODULE',
+                   help=fork_imports.HELP)
     p.add_argument('--tile', type=int, default=None, help='tile size in input pixels (default: whole image)')
     p.add_argument('--tile-overlap', type=int, default=8, help='tile overlap in input pixels (default: 8)')
     p.add_argument('--fp16', action='store_true', help='float16 autocast (CUDA, or a CPU where torch supports it)')
@@ -270,7 +273,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         # with --dask the client only plans the store: it may have no GPU when the workers do
         here = torch.device('cpu') if args.dask and device.type == 'cuda' and not torch.cuda.is_available() else device
-        net = load_network(args.opt, args.ckpt, args.param_key, here, args.allow_arch)
+        allowed = (*args.allow_arch, *fork_imports.import_arch_modules(args.imports))
+        net = load_network(args.opt, args.ckpt, args.param_key, here, allow_types=allowed)
         if args.impl is not None and not set_impl(net, args.impl):
             raise ValueError(f'--impl {args.impl}: the network has no MetaUpsample head')
         channels = network_channels(net)

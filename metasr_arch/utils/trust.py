@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping
 logger = logging.getLogger(__name__)
 
 # the plugin's Meta networks: what a checkpoint's recorded network_opt may build at its top level
-TRUSTED_NETWORK_TYPES = frozenset({'MetaRDN', 'SwinIRMeta', 'FixedScaleRDN', 'MetaSR'})
+TRUSTED_NETWORK_TYPES = frozenset({'MetaRDN', 'SwinIRMeta', 'FixedScaleRDN', 'MetaSR', 'FixedScaleNet'})
 # BasicSR's own SR networks: allowed as nested trunks (MetaSR's ``trunk: {type: EDSR, ...}``)
 TRUSTED_TRUNK_TYPES = frozenset({'EDSR', 'RCAN', 'RRDBNet', 'MSRResNet', 'SRVGGNetCompact', 'SwinIR'})
 DROPPED_KEYS = ('trunk_pretrained',)

@@ -23,6 +23,7 @@ from metasr_arch.deploy.export import (DEFAULT_OPSET, FORMATS, ONNX_EXPORTERS, S
                                        check_opset, check_output_path, export_checked)
 from metasr_arch.deploy.frozen import MODES, freeze
 from metasr_arch.inference.checkpoint import load_network
+from metasr_arch.utils import fork_imports
 from metasr_arch.utils.naming import Request, parse_scale_text, parse_size_text, request_tag
 
 
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--allow-arch', action='append', default=[], metavar='NAME',
                    help='trust network type NAME recorded in the checkpoint besides the plugin\'s networks '
                         '(repeatable; docs/reliability.md)')
+    p.add_argument(fork_imports.FLAG, dest='imports', action='append', default=[], metavar='MODULE',
+                   help=fork_imports.HELP)
     p.add_argument('--scale', nargs='+', action='extend', default=[], metavar='S',
                    help="scales: '2.5' (both axes) or '2x3.5' (vertical x horizontal); several allowed")
     p.add_argument('--size', nargs='+', action='extend', default=[], metavar='HxW',
@@ -87,7 +90,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError(f'-o {args.output} would overwrite the checkpoint --ckpt {args.ckpt}')
         for path in paths:  # before loading anything: a bad output fails in a second, not after the export
             check_output_path(path, args.overwrite)
-        net = load_network(args.opt, args.ckpt, args.param_key, allow_types=args.allow_arch)
+        allowed = (*args.allow_arch, *fork_imports.import_arch_modules(args.imports))
+        net = load_network(args.opt, args.ckpt, args.param_key, allow_types=allowed)
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

@@ -34,10 +34,12 @@ Data conventions (why they are so):
   the checkpoint's) at ``--time`` steps (default: all), normalised with the checkpoint's statistics,
   written in physical units with the output grid's coordinates as a Zarr store ``<stem>_<tag>.zarr``
   (or ``-o PATH.zarr`` / ``-o PATH.nc`` for one input and request), streamed chunk by chunk along time
-  and resumable, in batches of ``--batch`` steps, optionally ``--compile``d or on Dask workers
-  (``--dask``): ``metasr_arch.inference.archive``, docs/gridded.md.
+  and resumable, in batches of ``--batch`` steps, optionally ``--compile``d (torch.compile, or ONNX
+  Runtime with ``--compile onnxruntime``) or on Dask workers (``--dask``): ``metasr_arch.inference.archive``,
+  docs/gridded.md.
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
@@ -49,7 +51,8 @@ import torch
 from metasr_arch.archs.meta_upsample_arch import MODULE_IMPLS
 from metasr_arch.utils.amp import autocast_supported
 from metasr_arch.inference.checkpoint import load_network, network_channels, set_impl
-from metasr_arch.inference.archive import ArchiveJob, NetworkSpec, upscale_archive
+from metasr_arch.inference.archive import COMPILE_BACKENDS, ArchiveJob, NetworkSpec, upscale_archive
+from metasr_arch.utils import fork_imports
 from metasr_arch.inference.gridded import upscale_gridded
 from metasr_arch.utils.gridded_io import is_gridded_path, parse_time_arg
 from metasr_arch.inference.runner import LookAhead, check_max_pixels, upscale_sample
@@ -153,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='image/.npy inputs or outputs with NaN/inf: error (default: refuse the file) or '
                         'propagate (run and write them, with a warning per file)')
     p.add_argument('--param-key', default=None, help='params or params_ema (default: params_ema if present)')
+    p.add_argument(fork_imports.FLAG, dest='imports', action='append', default=[], metavar='MODULE',
+                   help=fork_imports.HELP)
     p.add_argument('--tile', type=int, default=None, help='tile size in input pixels (default: whole image)')
     p.add_argument('--tile-overlap', type=int, default=8, help='tile overlap in input pixels (default: 8)')
     p.add_argument('--fp16', action='store_true', help='float16 autocast (CUDA, or a CPU where torch supports it)')
@@ -173,19 +178,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help='NetCDF/Zarr inputs: time steps per forward (default: from the memory estimate, at most '
                         '16); images and arrays: up to N same-size files per forward (default 1); outputs equal '
                         'those of one at a time to float32 rounding')
-    p.add_argument('--compile', action='store_true',
-                   help='NetCDF/Zarr inputs: freeze the network at the request and input size and run it '
-                        'torch.compiled, channels-last (compiled once; worth it for many steps)')
+    p.add_argument('--compile', nargs='?', const=COMPILE_BACKENDS[0], default=None, choices=COMPILE_BACKENDS,
+                   metavar='{torch,onnxruntime}',
+                   help='NetCDF/Zarr inputs: freeze the network at the request and input size and run it fast, built '
+                        'once per run (worth it for many steps): torch (bare --compile: torch.compile, channels-last) '
+                        'or onnxruntime (exported to ONNX in a temporary file, one ONNX Runtime session)')
     p.add_argument('--dask', default=None, metavar='local:N|ADDRESS',
                    help="NetCDF/Zarr inputs to Zarr: run blocks of time steps on Dask, on a LocalCluster of N "
                         "worker processes ('local:2') or an existing scheduler ('tcp://host:8786')")
     return p
 
 
+def _bare_compile(argv: Sequence[str]) -> List[str]:
+    """A bare ``--compile`` spelled ``--compile=torch``, so that argparse never takes the next input path
+    for its value (``--compile in.nc ...`` keeps working). It is bare when it ends the line or is followed
+    by an option or by a path (an existing one, or one with a dot or slash); any other word is left to
+    argparse as its value, so a misspelt backend (``--compile onnx``) is refused by name."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == '--':
+            break
+        if arg != '--compile':
+            continue
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if nxt is None or nxt.startswith('-') or nxt not in COMPILE_BACKENDS and (
+                Path(nxt).exists() or any(ch in nxt for ch in './' + os.sep)):
+            argv[i] = f'--compile={COMPILE_BACKENDS[0]}'
+    return argv
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, List[Request], torch.device]:
     """Parse and validate the command line (argparse exits with status 2 on bad arguments)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_bare_compile(sys.argv[1:] if argv is None else argv))
     requests: List[Request] = []
     try:
         requests += [('scale', parse_scale_text(s)) for s in args.scale]
@@ -206,6 +231,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
         parser.error(f'--batch must be a positive number of time steps, got {args.batch}')
     if args.compile and (args.tile or args.fp16 or args.bf16):
         parser.error('--compile runs the whole field in float32: give it without --tile, --fp16 and --bf16')
+    if args.compile == 'onnxruntime':
+        from metasr_arch.inference.onnx_backend import OnnxRuntimeMissingError, require_onnxruntime
+        try:
+            require_onnxruntime()
+        except OnnxRuntimeMissingError as err:
+            parser.error(str(err))
     if is_gridded_path(args.output):
         if len(requests) != 1 or len(args.inputs) != 1 or not is_gridded_path(args.inputs[0]):
             parser.error(f'-o {args.output} names one output: give one NetCDF/Zarr input and one --scale or '
@@ -242,7 +273,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         # with --dask the client only plans the store: it may have no GPU when the workers do
         here = torch.device('cpu') if args.dask and device.type == 'cuda' and not torch.cuda.is_available() else device
-        net = load_network(args.opt, args.ckpt, args.param_key, here, args.allow_arch)
+        allowed = (*args.allow_arch, *fork_imports.import_arch_modules(args.imports))
+        net = load_network(args.opt, args.ckpt, args.param_key, here, allow_types=allowed)
         if args.impl is not None and not set_impl(net, args.impl):
             raise ValueError(f'--impl {args.impl}: the network has no MetaUpsample head')
         channels = network_channels(net)
@@ -263,8 +295,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f'(name them explicitly to upscale them): {", ".join(str(p) for p in skipped)}', file=sys.stderr)
     written = 0
     images = sum(len(j) for p, j in jobs.items() if not is_gridded_path(str(p)))
+    if args.compile and images:
+        print(f'warning: --compile {args.compile} applies to NetCDF/Zarr inputs; the {images} image/.npy '
+              'output(s) of this run are computed eagerly', file=sys.stderr)
     bar = tqdm(total=images, unit='img', disable=args.quiet or not images, desc='upscaling')
-    spec = NetworkSpec(args.ckpt, args.opt, args.param_key, args.impl, str(device), tuple(args.allow_arch))
+    spec = NetworkSpec(args.ckpt, args.opt, args.param_key, args.impl, str(device), tuple(args.allow_arch),
+                       tuple(args.imports))
     ahead = None
     if args.batch and args.batch > 1 and images:  # same-size images of the run, N per forward
         ahead = LookAhead(net, channels, device, args.batch,

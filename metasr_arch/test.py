@@ -1,4 +1,4 @@
-"""``python -m metasr_arch.test -opt X.yml``: BasicSR's test pipeline with the plugin registered.
+"""``python -m metasr_arch.test -opt X.yml [--import MODULE ...]``: BasicSR's test pipeline with the plugin registered.
 
 Results go to ``results/<name>/`` under $METASR_ROOT (default: the working directory).
 """

@@ -1,4 +1,5 @@
-"""``python -m metasr_arch.train -opt X.yml [--launcher pytorch|slurm] [--auto_resume] [--debug] [--force_yml ...]``
+"""``python -m metasr_arch.train -opt X.yml [--launcher pytorch|slurm] [--auto_resume] [--debug] [--force_yml ...]
+[--import MODULE ...]``
 
 BasicSR's training pipeline with the plugin registered; every BasicSR flag works. Outputs go to
 ``experiments/`` and ``tb_logger/`` under $METASR_ROOT (default: the working directory).

@@ -3,6 +3,7 @@
     python scripts/benchmark_archive.py                             # SwinIRMeta 96x144 -> 721x1440, 64 steps
     python scripts/benchmark_archive.py --steps 64 --markdown archive.md
     python scripts/benchmark_archive.py --tiny --steps 6             # a seconds-long smoke run (tests, CI)
+    python scripts/benchmark_archive.py --variants eager_b1 batched compiled onnxruntime      # the fast paths
     python scripts/benchmark_archive.py --device cuda --variants eager_b1 batched compiled   # GPU form
     python scripts/benchmark_archive.py --memory-steps 100 2000      # peak RSS against the number of steps
 
@@ -15,6 +16,7 @@ saved as a checkpoint with normalisation statistics; the input is a NetCDF file 
   eager_b1   one step per forward, eager PyTorch       (--batch 1)
   batched    --batch B (default: the memory-estimate default of the CLI)
   compiled   --compile with the same batch (compile time included in the time)
+  onnxruntime  --compile onnxruntime with the same batch (export and session creation included)
   dask2      --dask local:2 with the same batch (cluster start-up included; 2 worker processes,
              cpu_count // 2 torch threads each)
 
@@ -38,7 +40,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 VARIABLES = ['t2m', 'u10', 'v10']
-VARIANTS = ('eager_b1', 'batched', 'compiled', 'dask2')
+VARIANTS = ('eager_b1', 'batched', 'compiled', 'onnxruntime', 'dask2')
 MEMORY_VARIANTS = ('zarr', 'netcdf')
 
 
@@ -97,7 +99,7 @@ def run_variant(args) -> dict:
         return {'variant': args.run, 'seconds': time.perf_counter() - start, 'peak_bytes': peak_rss_bytes()}
     batch = 1 if args.run == 'eager_b1' else args.batch
     job = ArchiveJob(args.input, args.out, ('size', tuple(args.out_size)), batch=batch,
-                     compile=args.run == 'compiled')
+                     compile={'compiled': 'torch', 'onnxruntime': 'onnxruntime'}.get(args.run))
     if args.run == 'dask2':
         from metasr_arch.inference.dask_runner import upscale_on_dask
         res = upscale_on_dask(net, job, spec, 'local:2', quiet=True, device=torch.device(args.device))
@@ -165,7 +167,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--steps', type=int, default=64)
     p.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument('--batch', type=int, default=None, help='batch of the batched/compiled/dask2 variants '
+    p.add_argument('--batch', type=int, default=None, help='batch of the batched/compiled/onnxruntime/dask2 variants '
                                                             '(default: the CLI default from the memory estimate)')
     p.add_argument('--threads', type=int, default=os.cpu_count(), help='torch threads of the single-process variants')
     p.add_argument('--device', default='cpu')

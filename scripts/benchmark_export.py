@@ -1,26 +1,29 @@
-"""ONNX Runtime (CPU) against PyTorch (CPU) on a Meta-SR network frozen at one request.
+"""Eager PyTorch, ``torch.compile`` and ONNX Runtime (CPU) side by side on a Meta-SR network at one request.
 
-    python scripts/benchmark_export.py                      # demo network and full-size MetaRDN, x2.5, 256x256
+    python scripts/benchmark_export.py                      # demo and full-size MetaRDN, x2.5, 256x256, all three
     python scripts/benchmark_export.py --cases demo --repeats 5 --markdown out.md
-    python scripts/benchmark_export.py --compiled           # also the CLI's --compile path (issue 22's 1.1x target)
+    python scripts/benchmark_export.py --backends eager onnxruntime   # without torch.compile (saves its compile time)
 
-For each case the network (random weights: time does not depend on their values) is frozen and
-exported to ONNX in a temporary folder, checked like ``python -m metasr_arch.export --check``, then timed:
-PyTorch runs the network as the inference CLI does (``run_network``: weights predicted at run time,
-bicubic skip added), ONNX Runtime runs the exported file. The two alternate in one process (one
-warm-up each, then PyTorch, ONNX Runtime, PyTorch, ...), both with ``--threads`` threads, so that load
-from other processes on a shared machine hits both alike; the table gives medians and their ratio.
-With ``--compiled`` a third runner joins the rotation: ``metasr_arch.inference.compiled.compile_frozen``
-(the frozen network, channels-last, torch.compile with freezing; what ``infer --compile`` runs), compiled
-in the warm-up (its time is reported apart), with its largest difference from PyTorch relative to the
-output's range.
+The backends are the inference CLI's (``infer --compile [torch|onnxruntime]``), built as it builds them:
+
+* ``eager``: ``run_network`` (weights predicted at run time, bicubic skip added), what ``infer`` runs by default;
+* ``torch``: ``compiled.compile_frozen``, the network frozen at the request and input size, channels-last,
+  ``torch.compile`` with freezing (``infer --compile``);
+* ``onnxruntime``: ``onnx_backend.onnx_frozen``, the frozen network exported by the export package's
+  writer and run by one ONNX Runtime session with ``--threads`` threads (``infer --compile onnxruntime``).
+
+For each case the network (random weights: time does not depend on their values) is built, each fast
+backend is built and run once (its build time, export or compilation and first call, is reported apart,
+with its largest difference from eager relative to the eager output's range), then all backends alternate
+in one process (eager, torch, onnxruntime, eager, ...), each with ``--threads`` threads, so that load from
+other processes on a shared machine hits all alike; the table gives medians and their ratios to ONNX Runtime
+(issue 22's target: torch within 1.1x of ONNX Runtime for the demo network and full MetaRDN at 256 x 256).
 """
 import argparse
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +33,6 @@ import numpy as np
 import torch
 import yaml
 
-from metasr_arch.deploy.export import export_checked
 from metasr_arch.deploy.frozen import freeze
 from metasr_arch.utils.bench import report
 from metasr_arch.inference.checkpoint import build_and_load
@@ -59,80 +61,104 @@ def build(network_opt: dict, bicubic_skip: bool) -> torch.nn.Module:
     return net
 
 
-def time_case(name: str, scale: float, size: int, repeats: int, threads: int, check: bool = True,
-              compiled: bool = False) -> dict:
-    import onnxruntime as ort
+BACKENDS = ('eager', 'torch', 'onnxruntime')
+
+
+def build_backend(backend: str, net, request, size: int, batch: int, threads: int, check: bool = True):
+    """``x (batch, 3, size, size) -> output`` of ``backend`` (one of ``BACKENDS``), as the inference CLI builds it."""
+    if backend == 'eager':
+        _, value = request
+        return lambda x: run_network(net, x, scale=value)
+    if backend == 'torch':
+        from metasr_arch.inference.compiled import compile_frozen
+        return compile_frozen(net, request, (size, size))
+    from metasr_arch.inference.onnx_backend import onnx_frozen
+    return onnx_frozen(net, request, (size, size), batch, 'cpu', threads, verify=check)
+
+
+def time_case(name: str, scale: float, size: int, repeats: int, threads: int, backends=BACKENDS,
+              batch: int = 1, check: bool = True) -> dict:
+    """Build and time ``backends`` on case ``name``: {'case', 'params', 'mode', '<b>' (median s),
+    '<b>_build' (s), '<b>_err' (max |b - eager| / range of eager)} for every backend but eager's own extras."""
     opt_fn, skip = CASES[name]
     net = build(opt_fn(), skip)
     request = ('scale', (scale, scale))
-    model = freeze(net, request, (size, size))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / 'm.onnx'
+    x = torch.from_numpy(np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32))
+    ref = run_network(net, x, scale=(scale, scale))
+    out = {'case': name, 'params': sum(p.numel() for p in net.parameters()),
+           'mode': freeze(net, request, (size, size)).net.upsample.mode}
+    runs = {}
+    for backend in backends:
         t0 = time.perf_counter()
-        results = export_checked(net, model, path, 'onnx', request, batch=1, check=check) or []
-        export_s = time.perf_counter() - t0
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
-    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-    xt = torch.from_numpy(x)
-    runs = {'pytorch': lambda: run_network(net, xt, scale=(scale, scale)),
-            'onnxruntime': lambda: session.run(None, {'lr': x})}
-    extra = {}
-    if compiled:
-        from metasr_arch.inference.compiled import compile_frozen
-        fast = compile_frozen(net, request, (size, size))
-        runs['compiled'] = lambda: fast(xt)
-        t0 = time.perf_counter()
-        y_fast = fast(xt)
-        extra['compile_s'] = time.perf_counter() - t0
-        y_ref = run_network(net, xt, scale=(scale, scale))
-        extra['compiled_err'] = float((y_fast - y_ref).abs().max() / (y_ref.max() - y_ref.min()))
+        fn = build_backend(backend, net, request, size, batch, threads, check)
+        y = fn(x)  # the first call: compilation, session warm-up
+        if backend != 'eager':
+            out[f'{backend}_build'] = time.perf_counter() - t0
+            out[f'{backend}_err'] = float((y - ref).abs().max() / (ref.max() - ref.min()))
+        runs[backend] = fn
     times = {k: [] for k in runs}
-    for fn in runs.values():  # warm-up
-        fn()
     for _ in range(repeats):
         for key, fn in runs.items():
             t0 = time.perf_counter()
-            fn()
+            fn(x)
             times[key].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    params = sum(p.numel() for p in net.parameters())
-    return {'case': name, 'params': params, 'mode': model.net.upsample.mode, 'export_s': export_s,
-            'max_err': max((r.max_error for r in results), default=float('nan')), **med, **extra}
+    out.update({k: statistics.median(v) for k, v in times.items()})
+    return out
 
 
-def main() -> int:
+NAMES = {'eager': 'eager PyTorch', 'torch': 'torch.compile', 'onnxruntime': 'ONNX Runtime'}
+
+
+def table(results, backends) -> list:
+    """Markdown rows: per case the medians, each fast backend's build time and error, and the ratios to
+    ONNX Runtime (to eager when ONNX Runtime is not timed)."""
+    base = 'onnxruntime' if 'onnxruntime' in backends else backends[0]
+    cols = ['network', 'params', 'head form']
+    for b in backends:
+        cols += [f'{NAMES[b]} (s)'] if b == 'eager' else [f'{NAMES[b]} build (s)', f'{NAMES[b]} error (of range)',
+                                                          f'{NAMES[b]} (s)']
+    cols += [f'{NAMES[b]} / {NAMES[base]}' for b in backends if b != base]
+    rows = ['| ' + ' | '.join(cols) + ' |', '|---|---:|---|' + '---:|' * (len(cols) - 3)]
+    for r in results:
+        cells = [r['case'], f"{r['params'] / 1e6:.2f} M", r['mode']]
+        for b in backends:
+            cells += [f'{r[b]:.3f}'] if b == 'eager' else [f"{r[b + '_build']:.1f}", f"{r[b + '_err']:.1e}",
+                                                           f'{r[b]:.3f}']
+        cells += [f'{r[b] / r[base]:.2f}x' for b in backends if b != base]
+        rows.append('| ' + ' | '.join(cells) + ' |')
+    return rows
+
+
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--cases', nargs='+', default=list(CASES), choices=list(CASES))
+    p.add_argument('--backends', nargs='+', default=list(BACKENDS), choices=BACKENDS,
+                   help='what to time side by side (default: all three)')
     p.add_argument('--scale', type=float, default=2.5)
     p.add_argument('--size', type=int, default=256, help='square input size (default 256)')
+    p.add_argument('--batch', type=int, default=1, help='images per forward (default 1)')
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--no-check', dest='check', action='store_false',
-                   help='skip the export check (saves four forward passes on large networks)')
+                   help="skip ONNX Runtime's check against eager on its first call (one eager forward less)")
     p.add_argument('--markdown', default=None, help='also write the table to this file')
-    p.add_argument('--compiled', action='store_true', help='also time the --compile path (torch.compile, frozen)')
-    args = p.parse_args()
+    p.add_argument('--compiled', action='store_true', help=argparse.SUPPRESS)  # earlier spelling: torch is timed
+    args = p.parse_args(argv)
+    backends = [b for b in BACKENDS if b in args.backends or b == 'torch' and args.compiled]
     torch.set_num_threads(args.threads)
-    import onnxruntime as ort
-    rows = ['| network | params | head form | export + check (s) | max error | PyTorch (s) | ONNX Runtime (s) | '
-            'PyTorch / ONNX Runtime |', '|---|---:|---|---:|---:|---:|---:|---:|']
-    if args.compiled:
-        rows = [rows[0] + ' compile (s) | compiled error (of range) | compiled (s) | compiled / ONNX Runtime |',
-                rows[1] + '---:|---:|---:|---:|']
+    results = []
     for name in args.cases:
-        r = time_case(name, args.scale, args.size, args.repeats, args.threads, args.check, args.compiled)
-        rows.append(f"| {name} | {r['params'] / 1e6:.2f} M | {r['mode']} | {r['export_s']:.1f} | {r['max_err']:.1e} | "
-                    f"{r['pytorch']:.3f} | {r['onnxruntime']:.3f} | {r['pytorch'] / r['onnxruntime']:.2f}x |")
-        if args.compiled:
-            rows[-1] += (f" {r['compile_s']:.1f} | {r['compiled_err']:.1e} | {r['compiled']:.3f} | "
-                         f"{r['compiled'] / r['onnxruntime']:.2f}x |")
-        print(rows[-1], file=sys.stderr, flush=True)
-    head = (f'x{args.scale:g} on a {args.size}x{args.size} RGB input, batch 1, float32, {args.threads} threads each, '
-            f'median of {args.repeats} interleaved runs; torch {torch.__version__}, onnxruntime {ort.__version__}, '
+        results.append(time_case(name, args.scale, args.size, args.repeats, args.threads, backends, args.batch,
+                                 args.check))
+        print(table(results, backends)[-1], file=sys.stderr, flush=True)
+    versions = f'torch {torch.__version__}'
+    if 'onnxruntime' in backends:
+        import onnxruntime as ort
+        versions += f', onnxruntime {ort.__version__}'
+    head = (f'x{args.scale:g} on a {args.size}x{args.size} RGB input, batch {args.batch}, float32, {args.threads} '
+            f'threads each, median of {args.repeats} interleaved runs; {versions}, '
             f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs')
-    report(head + '\n\n' + '\n'.join(rows), args.markdown)
+    report(head + '\n\n' + '\n'.join(table(results, backends)), args.markdown)
     return 0
 
 

@@ -1,10 +1,14 @@
-"""Meta head overhead: one training iteration of MetaRDN / SwinIRMeta vs the same trunk with a fixed x4 upsampler.
+"""Meta head overhead: one training iteration of a Meta-SR network vs the same trunk with a fixed x4 upsampler.
 
-For each trunk (RDN of the Meta-SR paper, classical SwinIR) this builds, in one run:
-  * the Meta-SR network (``MetaRDN`` / ``SwinIRMeta``, head ``impl`` of choice, x4 requested as a scale),
-  * the fixed-scale baseline: the *same trunk object's* ``forward_trunk`` followed by BasicSR's
-    ``arch_util.Upsample(4, num_feat)`` (two conv + pixel-shuffle x2 stages) and a 3x3 conv to RGB,
-    i.e. RDN/EDSR-style and SwinIR's 'pixelshuffle' reconstruction,
+For each trunk this builds, in one run:
+  * the Meta-SR network (head ``impl`` of choice, x4 requested as a scale): ``MetaRDN`` (RDN of the Meta-SR
+    paper), ``SwinIRMeta`` (classical SwinIR), or ``MetaSR`` on BasicSR's EDSR (EDSR-baseline: 64 features,
+    16 blocks), RCAN (10 groups of 20 blocks, 64 features) and RRDBNet (ESRGAN: 23 blocks, 64 features,
+    growth 32),
+  * the fixed-scale baseline. RDN and SwinIR: the *same trunk object's* ``forward_trunk`` followed by
+    BasicSR's ``arch_util.Upsample(4, num_feat)`` (two conv + pixel-shuffle x2 stages) and a 3x3 conv to
+    RGB, i.e. RDN/EDSR-style and SwinIR's 'pixelshuffle' reconstruction. EDSR, RCAN, RRDBNet: the plain
+    BasicSR network at x4 with its own upsampler and last conv (RRDBNet's nearest + conv stages),
 and times forward + L1 loss + backward (after a warm-up, ``--repeats`` times, Meta and fixed
 interleaved so both see the same machine load; medians, and the median of the paired ratios). It reports parameters,
 median time, the Meta/fixed time ratio, bytes saved for backward (every tensor autograd keeps, counted
@@ -34,6 +38,8 @@ Usage:
     python scripts/benchmark_models.py --trunks SwinIR --batch 8 --repeats 3   # full patch, CPU memory
     python scripts/benchmark_models.py --reduced --amp off bf16 --repeats 5   # bf16 vs float32, CPU
     python scripts/benchmark_models.py --device cuda --amp off bf16 --repeats 10   # the GPU target (issue 13)
+    python scripts/benchmark_models.py --reduced --trunks EDSR RCAN RRDBNet --repeats 5   # MetaSR trunks, CPU
+    python scripts/benchmark_models.py --device cuda --trunks EDSR RCAN RRDBNet --repeats 10   # the same on a GPU
 """
 import argparse
 import statistics
@@ -49,6 +55,7 @@ from torch import nn
 
 from metasr_arch.archs.metardn_arch import MetaRDN
 from metasr_arch.archs.metasr_base import MetaSRNet
+from metasr_arch.archs.metasr_trunk_arch import MetaSR
 from metasr_arch.archs.swinir_meta_arch import SwinIRMeta
 from metasr_arch.utils.amp import AMP_DTYPES, autocast, autocast_supported, compile_for_training
 
@@ -72,11 +79,32 @@ class FixedScaleBaseline(nn.Module):
         return out / self.net.img_range + self.net.mean_out.to(out.dtype)
 
 
-def build(patch: int, impl: str) -> Dict[str, nn.Module]:
-    rdn = MetaRDN(impl=impl)
-    swin = SwinIRMeta(img_size=patch, window_size=8, embed_dim=180, depths=(6, ) * 6, num_heads=(6, ) * 6,
-                      mlp_ratio=2, img_range=1., impl=impl)
-    return {'RDN': rdn, 'SwinIR': swin}
+# the fixed x4 networks whose trunks MetaSR takes (standard configurations)
+PLAIN_TRUNKS = {
+    'EDSR': dict(type='EDSR', num_in_ch=3, num_out_ch=3, num_feat=64, num_block=16, upscale=SCALE, res_scale=1,
+                 img_range=255.),
+    'RCAN': dict(type='RCAN', num_in_ch=3, num_out_ch=3, num_feat=64, num_group=10, num_block=20, squeeze_factor=16,
+                 upscale=SCALE, res_scale=1, img_range=255.),
+    'RRDBNet': dict(type='RRDBNet', num_in_ch=3, num_out_ch=3, num_feat=64, num_block=23, num_grow_ch=32, scale=SCALE),
+}
+TRUNKS = ('RDN', 'SwinIR') + tuple(PLAIN_TRUNKS)
+
+
+def build(name: str, patch: int, impl: str) -> Tuple[MetaSRNet, nn.Module, List[nn.Parameter]]:
+    """(Meta network, fixed x4 baseline, the baseline's upsampler parameters) of trunk ``name``."""
+    if name in PLAIN_TRUNKS:
+        from basicsr.archs import build_network
+        meta = MetaSR(trunk=dict(PLAIN_TRUNKS[name]), head={'impl': impl})
+        fixed = build_network(dict(PLAIN_TRUNKS[name]))
+        tail = [p for n, p in fixed.named_parameters() if n.split('.')[0] in meta.dropped_modules]
+        return meta, fixed, tail
+    if name == 'RDN':
+        meta = MetaRDN(impl=impl)
+    else:
+        meta = SwinIRMeta(img_size=patch, window_size=8, embed_dim=180, depths=(6, ) * 6, num_heads=(6, ) * 6,
+                          mlp_ratio=2, img_range=1., impl=impl)
+    fixed = FixedScaleBaseline(meta, meta.upsample.in_channels, meta.num_out_ch)
+    return meta, fixed, list(fixed.up.parameters()) + list(fixed.conv_last.parameters())
 
 
 def saved_bytes(step: Callable[[], torch.Tensor], params: List[torch.Tensor]) -> int:
@@ -173,7 +201,8 @@ def main(argv=None) -> None:
                         help='override the batch size (the full configuration of SwinIR needs > 24 GB on a CPU)')
     parser.add_argument('--patch', type=int, default=None, help='override the LR patch size')
     parser.add_argument('--impl', default='auto', help="MetaUpsample implementation ('auto')")
-    parser.add_argument('--trunks', nargs='+', default=['RDN', 'SwinIR'], choices=['RDN', 'SwinIR'])
+    parser.add_argument('--trunks', nargs='+', default=['RDN', 'SwinIR'], choices=list(TRUNKS),
+                        help='RDN and SwinIR (default), EDSR, RCAN, RRDBNet (MetaSR on BasicSR\'s plain archs)')
     parser.add_argument('--amp', nargs='+', default=['off'], choices=list(AMP_DTYPES),
                         help="autocast modes to measure, interleaved (e.g. 'off bf16'; default off); with "
                              'more than one, a second table compares each to the first')
@@ -197,15 +226,15 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     x = torch.rand(batch, 3, patch, patch, device=device)
     target = torch.rand(batch, 3, patch * SCALE, patch * SCALE, device=device)
-    nets = build(patch, args.impl)
     print(f'device={device} batch={batch} patch={patch}x{patch} x{SCALE} repeats={args.repeats} impl={args.impl} '
           f'amp={",".join(args.amp)} compile={args.compile_backend if args.compile else "off"} '
           f'torch={torch.__version__} threads={torch.get_num_threads()}'
           + (f' gpu={torch.cuda.get_device_name(device)}' if device.type == 'cuda' else ''))
     rows, amp_rows = [], []
     for name in args.trunks:
-        net = nets[name].to(device).train()
-        base = FixedScaleBaseline(net, net.upsample.in_channels, net.num_out_ch).to(device).train()
+        torch.manual_seed(0)
+        net, base, fixed_head = build(name, patch, args.impl)
+        net, base = net.to(device).train(), base.to(device).train()
         if args.compile:
             compile_for_training(net, {'scope': 'trunk', 'backend': args.compile_backend})
         cases = {}
@@ -213,15 +242,16 @@ def main(argv=None) -> None:
             cases[mode, 'meta'] = (net, lambda t: net(t, scale=SCALE), AMP_DTYPES[mode])
             cases[mode, 'fixed'] = (base, base, AMP_DTYPES[mode])
         res = measure(cases, x, target, args.repeats, device)
-        trunk = sum(p.numel() for p in base.trunk_parameters())
+        trunk = sum(p.numel() for n, p in net.named_parameters() if not n.startswith('upsample.'))
         for mode in args.amp:
             label = name if mode == 'off' else f'{name} {mode}'
             rows.append((label, trunk, sum(p.numel() for p in net.upsample.parameters()),
-                         sum(p.numel() for p in base.up.parameters()) + sum(p.numel() for p in base.conv_last.parameters()),
+                         sum(p.numel() for p in fixed_head),
                          res[mode, 'meta'], res[mode, 'fixed'], paired_ratio(res[mode, 'meta'], res[mode, 'fixed'])))
             ref = res[args.amp[0], 'meta']
             amp_rows.append((name, mode, res[mode, 'meta'], ref, paired_ratio(res[mode, 'meta'], ref)))
         net.cpu()
+        base.cpu()
     print('\n| trunk | trunk params | Meta head params | fixed x4 head params | Meta time (s) | fixed time (s) '
           '| time ratio (median of paired) | saved for backward Meta / fixed | peak CUDA Meta / fixed |')
     print('|---|---|---|---|---|---|---|---|---|')

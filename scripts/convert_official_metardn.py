@@ -18,13 +18,23 @@ permuted accordingly. Its first layer takes (1/r, fv, fh); ours takes (fv, fh, 1
 columns move, the 1/r column feeds 1/r_v and the 1/r_h column is zero, so for r_v = r_h = r the
 converted network computes exactly what the official one does.
 
-The mean shift convs become ``MetaRDN``'s ``img_range``/``rgb_mean`` options (they are constructor
-options, not weights): ``official_config`` reads them back and refuses a std other than 1.
+Mean shifts. The official ``MeanShift`` sets ``requires_grad = False`` on the module, which freezes nothing:
+after training ``sub_mean`` (y = W_s x + b_s, on x in [0, 255]) and ``add_mean`` (out = W_a o + b_a) are no
+longer the identity shift. Both are folded exactly:
+
+* input: y = W_s (x + W_s^-1 b_s) = W_s * img_range * (x/img_range - m), m = -W_s^-1 b_s / img_range. So
+  ``rgb_mean`` = m and W_s goes into SFENet1's weight (W1' = W1 . W_s over the input channels). The zero
+  padding of SFENet1 stays exact (W_s 0 = 0), which folding b_s into a bias would not be.
+* output: W_a goes into the head's predicted kernels (the last MLP layer's rows, over C_out), and b_a /
+  img_range becomes ``out_mean`` (written only when it differs from ``rgb_mean``).
+m is computed in float64 from the float32 biases the checkpoint holds, not rounded to the nominal DIV2K
+mean (that alone leaves a 1e-5 error against the official forward).
 
 Usage:
     python scripts/convert_official_metardn.py --input model_1000.pt --output metardn_converted.pth
-The output holds ``{'params': state_dict}`` (what BasicSR's ``path.pretrain_network_g`` loads); the
-printed ``network_g`` options build the matching ``MetaRDN``.
+The output holds ``{'params': state_dict, 'network_opt': {type: MetaRDN, ...}}``: BasicSR's
+``path.pretrain_network_g`` loads it, and ``infer`` / ``export`` take it alone (no ``--opt``). The
+``network_g`` options are printed too.
 """
 import argparse
 import os
@@ -70,7 +80,8 @@ def official_config(sd: Mapping[str, torch.Tensor], img_range: float = 255.) -> 
 
     Returns:
         dict(num_in_ch, num_out_ch, num_feat, num_block, num_layer, num_grow_ch, kernel_size,
-        hidden_channels, img_range, rgb_mean).
+        hidden_channels, img_range, rgb_mean) and ``out_mean`` when the trained ``add_mean`` is not the
+        inverse shift of ``sub_mean``. The means come exactly (float64) from the checkpoint's biases.
     """
     sd = unwrap_checkpoint(sd)
     sfe1 = _require(sd, 'SFENet1.weight')
@@ -90,15 +101,42 @@ def official_config(sd: Mapping[str, torch.Tensor], img_range: float = 255.) -> 
                   num_grow_ch=_require(sd, 'RDBs.0.convs.0.conv.0.weight').shape[0], kernel_size=OFFICIAL_KERNEL,
                   hidden_channels=hidden, img_range=float(img_range))
     if 'sub_mean.weight' in sd:
-        weight = sd['sub_mean.weight'].double().flatten(1)
-        if weight.shape[0] != weight.shape[1] or not torch.allclose(weight, torch.eye(weight.shape[0],
-                                                                                    dtype=torch.float64)):
-            raise ValueError('sub_mean.weight is not the identity (rgb_std != 1): MetaRDN has no std option')
-        mean = (-sd['sub_mean.bias'].double() / img_range).tolist()
-        if 'add_mean.bias' in sd and not torch.allclose(sd['add_mean.bias'].double(), -sd['sub_mean.bias'].double()):
-            raise ValueError('add_mean.bias is not -sub_mean.bias: the official mean shifts disagree')
-        config['rgb_mean'] = tuple(round(m, 6) for m in mean)
+        w_s, b_s = mean_shift(sd, 'sub_mean', num_in_ch)
+        mean_in = -torch.linalg.solve(w_s, b_s) / img_range
+        config['rgb_mean'] = tuple(mean_in.tolist())
+        if 'add_mean.weight' in sd:
+            _, b_a = mean_shift(sd, 'add_mean', config['num_out_ch'])
+            mean_out = b_a / img_range
+            if not torch.equal(mean_out, mean_in):
+                config['out_mean'] = tuple(mean_out.tolist())
     return config
+
+
+def mean_shift(sd: Mapping[str, torch.Tensor], name: str, channels: int):
+    """(W (C, C), b (C,)) float64 of an official MeanShift 1x1 conv; refuses a singular W."""
+    weight = _require(sd, f'{name}.weight').double()
+    if weight.shape != (channels, channels, 1, 1):
+        raise ValueError(f'{name}.weight must be ({channels}, {channels}, 1, 1), got {tuple(weight.shape)}')
+    weight = weight.flatten(1)
+    if not torch.linalg.cond(weight) < 1e6:  # inf or nan for a singular matrix
+        raise ValueError(f'{name}.weight is (nearly) singular: the mean shift cannot be folded')
+    return weight, _require(sd, f'{name}.bias').double()
+
+
+def _fold_input_shift(w1: torch.Tensor, w_s: torch.Tensor) -> torch.Tensor:
+    """SFENet1's weight (G0, C, 3, 3) applied after the 1x1 ``W_s``: W1'[o, i] = sum_c W1[o, c] W_s[c, i]."""
+    if torch.equal(w_s, torch.eye(w_s.shape[0], dtype=w_s.dtype)):
+        return w1.clone()  # the untrained shift: keep the weights bit for bit
+    return torch.einsum('ochw,ci->oihw', w1.double(), w_s).to(w1.dtype)
+
+
+def _fold_output_shift(t: torch.Tensor, w_a: torch.Tensor, c_out: int) -> torch.Tensor:
+    """Rows (k1, k2, ci, co) of the last MLP layer (weight or bias) mixed over co by ``W_a``."""
+    if torch.equal(w_a, torch.eye(w_a.shape[0], dtype=w_a.dtype)):
+        return t
+    rest = t.shape[1:]
+    grouped = t.double().reshape(-1, c_out, *rest)
+    return torch.einsum('pc,rc...->rp...', w_a, grouped).reshape(t.shape).to(t.dtype)
 
 
 def _head_last_layer(t: torch.Tensor, c_in: int, c_out: int) -> torch.Tensor:
@@ -123,10 +161,15 @@ def convert_official_state_dict(sd: Mapping[str, torch.Tensor]) -> Dict[str, tor
     sd = unwrap_checkpoint(sd)
     config = official_config(sd)
     c_in, c_out = config['num_feat'], config['num_out_ch']
+    eye_in = torch.eye(config['num_in_ch'], dtype=torch.float64)
+    w_s = mean_shift(sd, 'sub_mean', config['num_in_ch'])[0] if 'sub_mean.weight' in sd else eye_in
+    w_a = mean_shift(sd, 'add_mean', c_out)[0] if 'add_mean.weight' in sd else torch.eye(c_out, dtype=torch.float64)
     out: Dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         head, _, leaf = key.rpartition('.')
-        if head in _DIRECT:
+        if key == 'SFENet1.weight':
+            out['sfe1.weight'] = _fold_input_shift(value, w_s)
+        elif head in _DIRECT:
             out[f'{_DIRECT[head]}.{leaf}'] = value.clone()
         elif m := _RDB_CONV.match(key):
             out[f'rdbs.{m.group(1)}.convs.{m.group(2)}.{m.group(3)}'] = value.clone()
@@ -139,9 +182,10 @@ def convert_official_state_dict(sd: Mapping[str, torch.Tensor]) -> Dict[str, tor
         elif key == 'P2W.meta_block.0.bias':
             out['upsample.pos2weight.meta_block.0.bias'] = value.clone()
         elif key in ('P2W.meta_block.2.weight', 'P2W.meta_block.2.bias'):
-            out[f'upsample.pos2weight.meta_block.2.{leaf}'] = _head_last_layer(value, c_in, c_out).clone()
+            out[f'upsample.pos2weight.meta_block.2.{leaf}'] = _fold_output_shift(
+                _head_last_layer(value, c_in, c_out), w_a, c_out).clone()
         elif head in ('sub_mean', 'add_mean'):
-            continue  # constructor options of MetaRDN (official_config), not weights
+            continue  # folded: W into SFENet1 and the head above, b into the mean options (official_config)
         else:
             raise ValueError(f'unexpected key {key!r}: not part of an official Meta-RDN checkpoint')
     return out
@@ -164,10 +208,16 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    converted = convert_official_state_dict(checkpoint)
-    config = official_config(checkpoint, args.img_range)
-    atomic_save({'params': converted}, args.output)
-    print(f'wrote {args.output} ({len(converted)} tensors). BasicSR options:')
+    try:
+        converted = convert_official_state_dict(checkpoint)
+        config = official_config(checkpoint, args.img_range)
+    except (KeyError, ValueError) as err:
+        print(f'error: --input {args.input}: {err}', file=sys.stderr)
+        return 2
+    # the network options travel with the weights: infer / export build the network from the file alone
+    atomic_save({'params': converted, 'network_opt': {'type': 'MetaRDN', **{
+        k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}}}, args.output)
+    print(f'wrote {args.output} ({len(converted)} tensors, with its network options). BasicSR options:')
     print('network_g:\n  type: MetaRDN')
     for key, value in config.items():
         print(f'  {key}: {list(value) if isinstance(value, tuple) else value}')

@@ -13,6 +13,8 @@ does not stop the others, and the whole run stays inside ``--budget`` seconds (d
                PyTorch phase path, time and peak extra memory
   model_bench  scripts/benchmark_models.py: Meta head vs fixed x4 head, RDN and SwinIR, batch 16 of
                48x48, time and peak CUDA memory, float32 and bf16 autocast interleaved (issue 13)
+  trunk_bench  the same on MetaSR's BasicSR trunks (EDSR-baseline, RCAN, RRDBNet) against the plain x4
+               networks, batch 16 of 48x48, float32 (issue 20)
   demo         a 300-iteration demo training (options/train/demo_MetaRDN.yml) on CUDA, PSNR table
   grid_b8      the 96x144 -> 721x1440 grid case at batch 8 (operator level: time, peak memory)
   archive_bench scripts/benchmark_archive.py: the SwinIRMeta grid network on 64 steps from NetCDF to
@@ -203,6 +205,11 @@ def make_steps(py: str, work: Path, dry_run: bool, wheels: Optional[Path], peaks
     steps.append(Step('model_bench', 'Meta head vs fixed x4 head (RDN, SwinIR; batch 16 of 48x48)',
                       models + ['--device', 'cuda', '--repeats', '10', '--amp', 'off', 'bf16'], 150,
                       dry_command=models + ['--device', 'cpu', '--reduced', '--batch', '1', '--patch', '8',
+                                            '--repeats', '1'],
+                      summary=table_lines))
+    steps.append(Step('trunk_bench', 'Meta head vs fixed x4 head on BasicSR trunks (MetaSR: EDSR, RCAN, RRDBNet)',
+                      models + ['--device', 'cuda', '--trunks', 'EDSR', 'RCAN', 'RRDBNet', '--repeats', '10'], 120,
+                      dry_command=models + ['--device', 'cpu', '--trunks', 'EDSR', '--batch', '1', '--patch', '8',
                                             '--repeats', '1'],
                       summary=table_lines))
     options = write_demo_options(work, dry_run)

@@ -1,6 +1,7 @@
 """Archive-scale gridded inference (metasr_arch.inference.archive, dask_runner, compiled): streamed Zarr
 output against an independent reference, batching, resuming after kill -9, refusals of a changed run,
 bounded peak memory, Dask workers, the compiled path, progress lines."""
+import importlib.util
 import io
 import json
 import os
@@ -308,19 +309,24 @@ def test_progress_log_lines_and_summary():
 
 
 def test_benchmark_script_variants_in_process(tmp_path):
-    """scripts/benchmark_archive.py, tiny: its input and checkpoint, two variants, their comparison."""
+    """scripts/benchmark_archive.py, tiny: its input and checkpoint, three variants, their comparison."""
     from argparse import Namespace
     from test_tools import load_script
     bench = load_script('benchmark_archive.py')
     ckpt, path, _, out = bench.prepare(tmp_path, 3, tiny=True)
     rows = {}
-    for variant in ('eager_b1', 'batched'):
+    for variant in ('eager_b1', 'batched', 'onnxruntime'):
+        if variant == 'onnxruntime' and importlib.util.find_spec('onnxruntime') is None:
+            continue  # the deploy extra; --compile onnxruntime itself is tested in test_onnx_backend.py
         rows[variant] = bench.run_variant(Namespace(run=variant, ckpt=str(ckpt), input=str(path), out_size=list(out),
                                                     out=str(tmp_path / f'{variant}.zarr'), batch=None, threads=1,
                                                     device='cpu'))
     assert rows['eager_b1']['batch'] == 1 and rows['batched']['batch'] == 3
     assert rows['batched']['steps'] == 3 and rows['batched']['peak'].endswith(('MiB', 'GiB'))
     assert bench.compare(str(tmp_path / 'eager_b1.zarr'), str(tmp_path / 'batched.zarr')) < 1e-5
+    if 'onnxruntime' in rows:
+        assert rows['onnxruntime']['batch'] == 3
+        assert bench.compare(str(tmp_path / 'eager_b1.zarr'), str(tmp_path / 'onnxruntime.zarr')) < 1e-4
     assert xr.open_zarr(tmp_path / 'batched.zarr')['t2m'].shape == (3, 40, 96)
 
 

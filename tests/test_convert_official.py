@@ -5,11 +5,13 @@ from pathlib import Path
 
 import metasr_arch  # noqa: F401  (before basicsr)
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from metasr_arch.archs.metardn_arch import MetaRDN
+from metasr_arch.inference.checkpoint import load_network
 
 SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'convert_official_metardn.py'
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -106,8 +108,51 @@ def converted_net(sd: dict, impl: str = 'phase') -> MetaRDN:
 
 def test_config_read_from_shapes():
     cfg = conv.official_config(official_state_dict())
+    mean = cfg.pop('rgb_mean')
     assert cfg == dict(num_in_ch=3, num_out_ch=3, num_feat=G0, num_block=D, num_layer=C, num_grow_ch=G,
-                       kernel_size=3, hidden_channels=256, img_range=255., rgb_mean=RGB_MEAN)
+                       kernel_size=3, hidden_channels=256, img_range=255.)
+    assert mean == pytest.approx(RGB_MEAN, rel=1e-15)
+
+
+def test_means_are_the_checkpoints_float32_biases():
+    sd = {k: v.float() for k, v in official_state_dict().items()}
+    mean = conv.official_config(sd)['rgb_mean']
+    assert mean == tuple((-sd['sub_mean.bias'].double() / 255).tolist())  # not the nominal 0.4488, ...
+    assert mean != RGB_MEAN
+
+
+def official_trained(steps: int = 3, seed: int = 4, std=(1.0, 1.0, 1.0)) -> dict:
+    """An official-style state dict after ``steps`` Adam steps of an L1 loss at x2, as the official code
+    trains it: MeanShift's ``requires_grad = False`` is set on the module and freezes nothing, so
+    sub_mean/add_mean move with every other weight."""
+    sd = {k: v.clone().requires_grad_(True) for k, v in official_state_dict(seed=seed, std=std).items()}
+    opt = torch.optim.Adam(sd.values(), lr=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.rand(2, 3, 5, 5, generator=g, dtype=torch.float64) * 255
+        target = torch.rand(2, 3, 10, 10, generator=g, dtype=torch.float64) * 255
+        loss = (official_forward(sd, x, 2) - target).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {k: v.detach() for k, v in sd.items()}
+
+
+@pytest.mark.parametrize('std', [(1.0, 1.0, 1.0), (0.5, 0.8, 1.2)])
+@pytest.mark.parametrize('scale', [2, 3])
+def test_trained_mean_shifts_are_folded_exactly(scale, std):
+    sd = official_trained(std=std)
+    eye = torch.eye(3, dtype=torch.float64)
+    assert (sd['sub_mean.weight'].flatten(1) - torch.diag(1 / torch.tensor(std, dtype=torch.float64))
+            ).abs().max() > 5e-5  # training moved the "frozen" shift
+    assert not torch.equal(sd['add_mean.weight'].flatten(1), eye)
+    cfg = conv.official_config(sd)
+    assert 'out_mean' in cfg  # add_mean no longer undoes sub_mean
+    x255 = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * 255  # square: official
+    expected = official_forward(sd, x255, scale)
+    with torch.no_grad():
+        ours = converted_net(sd)(x255 / 255, scale=scale) * 255
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-9)
 
 
 @pytest.mark.parametrize('impl', ['phase', 'im2col'])
@@ -166,8 +211,10 @@ def test_bad_checkpoints_raise():
         conv.convert_official_state_dict({**sd, 'tail.weight': torch.zeros(1)})
     with pytest.raises(KeyError, match='SFENet1.weight'):
         conv.convert_official_state_dict({k: v for k, v in sd.items() if not k.startswith('SFENet1')})
-    with pytest.raises(ValueError, match='rgb_std'):
-        conv.official_config(official_state_dict(std=(0.5, 1.0, 1.0)))
+    singular = official_state_dict()
+    singular['sub_mean.weight'] = torch.zeros(3, 3, 1, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match='sub_mean.weight is .*singular'):
+        conv.official_config(singular)
 
 
 def test_cli_writes_loadable_checkpoint(tmp_path, capsys):
@@ -177,10 +224,27 @@ def test_cli_writes_loadable_checkpoint(tmp_path, capsys):
     assert conv.main(['--input', str(src), '--output', str(dst)]) == 0
     assert 'type: MetaRDN' in capsys.readouterr().out
     assert [p.name for p in dst.parent.iterdir()] == ['metardn.pth']  # no temporary file left behind
-    params = torch.load(dst, weights_only=True)['params']
-    net = MetaRDN(**conv.official_config(sd))
-    net.load_state_dict(params, strict=True)
+    # the checkpoint records its network options: load_network (infer, export) needs no --opt
+    net = load_network(ckpt=str(dst))
+    assert isinstance(net, MetaRDN)
     x255 = torch.rand(1, 3, 5, 5) * 255
     expected = official_forward({k: v.double() for k, v in sd.items()}, x255.double(), 2)
     with torch.no_grad():
         assert torch.allclose(net(x255 / 255, scale=2).double() * 255, expected, atol=1e-3)
+
+
+def test_cli_trained_float32_checkpoint_alone_in_infer(tmp_path):
+    """A float32 checkpoint after official training steps: converted, then run by the infer CLI without --opt."""
+    sd = {k: v.float() for k, v in official_trained().items()}
+    src, dst = tmp_path / 'official.pt', tmp_path / 'metardn.pth'
+    torch.save(sd, src)
+    assert conv.main(['--input', str(src), '--output', str(dst)]) == 0
+    x = torch.rand(1, 3, 6, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    np.save(tmp_path / 'x.npy', x[0].numpy().astype(np.float32))  # (C, h, w)
+    from metasr_arch.infer import main as infer
+    assert infer([str(tmp_path / 'x.npy'), '--ckpt', str(dst), '--scale', '2', '-o', str(tmp_path / 'out'),
+                  '--quiet', '--device', 'cpu']) == 0
+    got = np.load(next((tmp_path / 'out').glob('*.npy')))
+    expected = official_forward({k: v.double() for k, v in sd.items()}, x.float().double() * 255, 2)[0] / 255
+    assert got.shape == (3, 12, 12)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=1e-4)

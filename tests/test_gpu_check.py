@@ -95,7 +95,7 @@ def test_the_dry_run(tmp_path):
     a CPU form passes, the CUDA-only ones are listed as skipped, DIR holds only the report and the logs."""
     out, work = tmp_path / 'out', tmp_path / 'work'
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    steps = ['build', 'self_check', 'native_bench', 'model_bench', 'demo', 'grid_b8']
+    steps = ['build', 'self_check', 'native_bench', 'model_bench', 'trunk_bench', 'demo', 'grid_b8']
     proc = subprocess.run([sys.executable, str(SCRIPT), '--dry-run', '--out', str(out), '--work', str(work),
                            '--only'] + steps, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=900)
     report = (out / 'report.md').read_text()
@@ -109,5 +109,6 @@ def test_the_dry_run(tmp_path):
         assert f'self-check cpu {dtype}: ok' in report
     assert '| smoke_x2.5x3.7 | native |' in report  # the operator benchmark's table
     assert '| RDN | ' in report and '| SwinIR | ' in report  # the model benchmark's table
+    assert '| EDSR | ' in report  # the MetaSR trunks' benchmark
     assert '| demo_val | 2 x 2 | 4 |' in report  # the demo's PSNR table
     assert '===== demo: ok' in (out / 'logs.txt').read_text()

@@ -291,6 +291,125 @@ def test_auto_resume_takes_the_newest_complete_pair(tmp_path, capsys):
     assert newest_complete_state(opt) is None and 'starting from iteration 0' in capsys.readouterr().err
 
 
+def test_resumed_bicubic_skip_network_adopts_its_flag_without_a_key_warning(tmp_path):
+    """Resuming a ``bicubic_skip`` run: the checkpoint's ``bicubic_residual`` flag is adopted before BasicSR's key
+    comparison (no ``Loaded net - current net`` warning), and the loaded networks still skip the mean."""
+    import logging
+    from basicsr.utils import get_root_logger
+    import metasr_arch.models.metasr_model as mm
+    opt = make_opt(tmp_path / 'a', ema_decay=0.9)
+    opt['bicubic_skip'] = True
+    trained = mm.MetaSRModel(opt)
+    with torch.no_grad():  # a trained residual branch: not zero, so the comparison below is not 0 == 0
+        for net in (trained.net_g, trained.net_g_ema):
+            net.residual_last_layer().weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+    trained.save(0, 3)
+    resumed_opt = make_opt(tmp_path / 'b', ema_decay=0.9)
+    resumed_opt['bicubic_skip'] = True
+    resumed_opt['path']['pretrain_network_g'] = str(tmp_path / 'a' / 'exp' / 'models' / 'net_g_3.pth')
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = get_root_logger()
+    logger.addHandler(handler)
+    try:
+        resumed = mm.MetaSRModel(resumed_opt)
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
+    from basicsr.archs import build_network
+    assert build_network(dict(NET)).mean_out.any()  # a network without the flag would add the mean back
+    x = torch.rand(1, 3, 9, 11, generator=torch.Generator().manual_seed(2))
+    for before, after in ((trained.net_g, resumed.net_g), (trained.net_g_ema, resumed.net_g_ema)):
+        assert after.predicts_residual and not after.mean_out.any()
+        with torch.no_grad():
+            torch.testing.assert_close(after(x, scale=2.5), before(x, scale=2.5), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- pickled network weights in options
+def _evil_pickle(tmp_path: Path) -> Path:
+    """A checkpoint that creates ``tmp_path/marker`` when fully unpickled."""
+    from test_hardening import Payload
+    path = tmp_path / 'evil.pth'
+    torch.save({'params': Payload(tmp_path / 'marker')}, path)
+    return path
+
+
+def _one_error_line(err: str, option: str, path: Path) -> None:
+    assert err.count('\n') == 1 and 'Traceback' not in err, err
+    assert err.startswith(f'error: {option}: {path}: not a weights-only checkpoint: it holds objects other than '
+                          'tensors'), err
+    assert 'nothing in it ran' in err and 'posix.system' in err
+
+
+def test_test_command_refuses_a_pickled_pretrained_network_in_one_line(tmp_path, monkeypatch, capsys):
+    """``python -m metasr_arch.test`` under TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1: exit 2 before results/ exists."""
+    from metasr_arch.test import main
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    monkeypatch.setenv('METASR_ROOT', str(tmp_path))
+    evil = _evil_pickle(tmp_path)
+    opt = {'name': 'evil_test', 'model_type': 'MetaSRModel', 'num_gpu': 0, 'network_g': dict(NET),
+           'datasets': {'test_1': {'name': 'v', 'type': 'MetaSRGTDataset', 'dataroot_gt': str(tmp_path)}},
+           'path': {'pretrain_network_g': str(evil)}, 'val': {'save_img': False, 'scales': [2]}}
+    (tmp_path / 't.yml').write_text(yaml.safe_dump(opt))
+    with pytest.raises(SystemExit) as info:
+        main(['-opt', str(tmp_path / 't.yml')])
+    assert info.value.code == 2
+    _one_error_line(capsys.readouterr().err, 'path.pretrain_network_g', evil)
+    assert not (tmp_path / 'marker').exists() and not (tmp_path / 'results').exists()
+
+
+@pytest.mark.parametrize('place', ['path.pretrain_network_g', 'network_flow.load_path'])
+def test_train_command_refuses_pickled_network_weights_in_one_line(tmp_path, monkeypatch, capsys, place):
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    evil = _evil_pickle(tmp_path)
+    opt = base_opt()
+    if place == 'network_flow.load_path':  # BasicSR's SpyNet loads its load_path when built
+        opt['network_flow'] = {'type': 'SpyNet', 'load_path': str(evil)}
+    else:
+        opt['path']['pretrain_network_g'] = str(evil)
+    assert _train_main(tmp_path, monkeypatch, opt) == 2
+    _one_error_line(capsys.readouterr().err, place, evil)
+    assert not (tmp_path / 'marker').exists() and not (tmp_path / 'experiments').exists()
+
+
+def test_a_fork_checks_named_network_weights_before_basicsr_loads_them(tmp_path, monkeypatch, capsys):
+    """Through a fork's train.py (BasicSR's loader, which the environment makes unpickle everything), the file is
+    refused when the options are parsed, before BasicSR could load it."""
+    import basicsr.utils.options as options
+    from metasr_arch.utils.launch import patch_init_dist
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    monkeypatch.setattr(options, 'parse_options', options.parse_options)  # undone after the test
+    patch_init_dist()
+    evil = _evil_pickle(tmp_path)
+    opt = base_opt()
+    opt['path']['pretrain_network_g'] = str(evil)
+    (tmp_path / 'o.yml').write_text(yaml.safe_dump(opt))
+    monkeypatch.setattr(sys, 'argv', ['train.py', '-opt', str(tmp_path / 'o.yml')])
+    with pytest.raises(SystemExit) as info:
+        options.parse_options(str(tmp_path), is_train=True)
+    assert info.value.code == 2
+    _one_error_line(capsys.readouterr().err, 'path.pretrain_network_g', evil)
+    assert not (tmp_path / 'marker').exists()
+
+
+def test_a_pickle_refused_mid_run_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
+    """A file the options do not name (a resumed run's checkpoint): refused by every load in the pipeline."""
+    from metasr_arch.utils.launch import run_pipeline
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    evil = _evil_pickle(tmp_path)
+
+    def pipeline(root):
+        torch.load(str(evil), map_location='cpu')  # BasicSR's own call: no weights_only argument
+
+    with pytest.raises(SystemExit) as info:
+        run_pipeline(pipeline, [])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith(f'error: {evil}: not a weights-only checkpoint'), err
+    assert not (tmp_path / 'marker').exists()
+
+
 # --------------------------------------------------------------------------- item 5: exact resume
 def _train(tmp_path, opt, *extra):
     (tmp_path / 'o.yml').write_text(yaml.safe_dump(opt))

@@ -1,5 +1,5 @@
 """MetaRDN: the residual dense network trunk of the Meta-SR paper followed by the Meta-SR upscaling head."""
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -8,8 +8,8 @@ from torch import nn
 
 from metasr_arch.archs.meta_upsample_arch import MetaUpsample
 from metasr_arch.archs.periodic import make_convs_periodic_w
-from metasr_arch.archs.metasr_base import (DEFAULT_RGB_MEAN, MeanArg, MetaSRNet, ScaleRangeArg, check_head_options,
-                                           check_positive_int)
+from metasr_arch.archs.metasr_base import (DEFAULT_RGB_MEAN, MeanArg, MetaSRNet, ScaleRangeArg, channel_mean,
+                                           check_head_options, check_positive_int)
 from metasr_arch.utils.registry import register
 
 
@@ -59,6 +59,9 @@ class MetaRDN(MetaSRNet):
         img_range: input range multiplier (255 as in the paper's code: features see (x - mean) * 255).
         rgb_mean: mean subtracted when a side has 3 channels.
         mean: mean for any other channel count: a number or one per channel.
+        out_mean: mean added back to the output when it differs from the input's (a number or one per
+            output channel; a converted official checkpoint whose trained ``add_mean`` moved away from
+            ``sub_mean``). Default None: ``rgb_mean`` / ``mean``.
         impl: the head's implementation (see ``MetaUpsample``).
         scale_range: training scales, ``[lo, hi]`` or ``[[lo_v, hi_v], [lo_h, hi_h]]``; a request
             outside warns once. None: no check.
@@ -72,13 +75,16 @@ class MetaRDN(MetaSRNet):
     def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_block: int = 16,
                  num_layer: int = 8, num_grow_ch: int = 64, kernel_size: int = 3, hidden_channels: int = 256,
                  img_range: float = 255., rgb_mean: Sequence[float] = DEFAULT_RGB_MEAN, impl: str = 'auto',
-                 mean: MeanArg = 0.5, scale_range: ScaleRangeArg = None, periodic_w: bool = False):
+                 mean: MeanArg = 0.5, scale_range: ScaleRangeArg = None, periodic_w: bool = False,
+                 out_mean: Optional[MeanArg] = None):
         super().__init__()
         for name, value in (('num_feat', num_feat), ('num_block', num_block), ('num_layer', num_layer),
                             ('num_grow_ch', num_grow_ch), ('hidden_channels', hidden_channels)):
             check_positive_int(value, name)
         check_head_options(kernel_size, impl)
         self._init_io(num_in_ch, num_out_ch, img_range, rgb_mean, mean, scale_range)
+        if out_mean is not None:
+            self.mean_out = channel_mean(num_out_ch, [], out_mean, 'num_out_ch', option='out_mean')
         self.num_feat, self.num_block = num_feat, num_block
 
         self.sfe1 = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)

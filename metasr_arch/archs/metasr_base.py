@@ -47,22 +47,23 @@ def check_head_options(kernel_size, impl) -> None:
         raise ValueError(f'impl must be one of {MODULE_IMPLS}, got {impl!r}')
 
 
-def channel_mean(num_ch: int, rgb_mean: Sequence[float], mean: MeanArg, name: str) -> torch.Tensor:
+def channel_mean(num_ch: int, rgb_mean: Sequence[float], mean: MeanArg, name: str,
+                 option: str = 'mean') -> torch.Tensor:
     """Per-channel mean (1, C, 1, 1): ``rgb_mean`` for 3 channels, else ``mean`` (a number or C numbers).
 
     Args:
         num_ch: C, the channel count the mean applies to.
         name: the channel option (``num_in_ch`` ...) for error messages.
+        option: the name of ``mean`` in messages; when it is not 'mean', ``mean`` applies to 3 channels too.
     """
-    if num_ch == 3:
+    if num_ch == 3 and option == 'mean':
         values, option = rgb_mean, 'rgb_mean'
         if isinstance(values, Real) or len(values) != 3:
             raise ValueError(f'rgb_mean must be 3 numbers, got {rgb_mean!r}')
     else:
-        option = 'mean'
         values = [mean] * num_ch if isinstance(mean, Real) else list(mean)
         if len(values) != num_ch:
-            raise ValueError(f'mean must be a number or {num_ch} numbers ({name}={num_ch}), got {mean!r}')
+            raise ValueError(f'{option} must be a number or {num_ch} numbers ({name}={num_ch}), got {mean!r}')
     for v in values:
         if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v):
             raise ValueError(f'{option} must contain finite numbers, got {values!r}')

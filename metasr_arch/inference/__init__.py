@@ -8,5 +8,6 @@ Modules: ``checkpoint`` (``load_network``, ``build_and_load``), ``runner`` (``ru
 ``upscale_sample``), ``tiling`` (``tiled_forward``), ``gridded`` (``upscale_gridded``, NetCDF out),
 ``archive`` (``upscale_archive``: a streamed, batched, resumable Zarr store), ``dask_runner``
 (``upscale_on_dask``: its chunks on Dask workers), ``compiled`` (``compile_frozen``, the ``--compile``
-path). Imported on demand: importing the package loads none of them.
+path), ``onnx_backend`` (``onnx_frozen``, the ``--compile onnxruntime`` path). Imported on demand:
+importing the package loads none of them.
 """

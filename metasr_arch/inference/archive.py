@@ -24,7 +24,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -43,6 +43,22 @@ DONE_DIR = '.metasr_done'
 # the memory limit, and at most MAX_DEFAULT_BATCH steps: beyond that a CPU gains nothing per step.
 BATCH_MEMORY_SHARE = 0.25
 MAX_DEFAULT_BATCH = 16
+# ``--compile`` backends; a bare ``--compile`` is the first
+COMPILE_BACKENDS = ('torch', 'onnxruntime')
+# how each path is recorded in a store's record ('compiled' for torch: the name of stores written before
+# the ONNX Runtime backend existed, so they still resume)
+_RECORDED_BACKEND = {None: 'eager', 'torch': 'compiled', 'onnxruntime': 'onnxruntime'}
+
+
+def compile_backend(value) -> Optional[str]:
+    """``ArchiveJob.compile`` -> None (eager), 'torch' or 'onnxruntime' (ValueError naming ``--compile``)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return COMPILE_BACKENDS[0]
+    if value in COMPILE_BACKENDS:
+        return value
+    raise ValueError(f'--compile {value!r}: give one of {", ".join(COMPILE_BACKENDS)} (a bare --compile is torch)')
 
 
 @dataclass(frozen=True)
@@ -54,12 +70,15 @@ class NetworkSpec:
     impl: Optional[str] = None
     device: str = 'cpu'
     allow_arch: Tuple[str, ...] = ()
+    imports: Tuple[str, ...] = ()
 
     def load(self):
         """The network, in eval mode on ``device`` (``checkpoint.load_network``; ``allow_arch``: the CLI's
-        ``--allow-arch``)."""
+        ``--allow-arch``; ``imports``: its ``--import`` modules, imported again in each worker process)."""
         from metasr_arch.inference.checkpoint import load_network, set_impl
-        net = load_network(self.opt, self.ckpt, self.param_key, torch.device(self.device), self.allow_arch)
+        from metasr_arch.utils.fork_imports import import_arch_modules
+        allowed = (*self.allow_arch, *import_arch_modules(self.imports))
+        net = load_network(self.opt, self.ckpt, self.param_key, torch.device(self.device), allowed)
         if self.impl is not None and not set_impl(net, self.impl):
             raise ValueError(f'--impl {self.impl}: the network has no MetaUpsample head')
         return net
@@ -70,7 +89,8 @@ class ArchiveJob:
     """One input upscaled at one request into one Zarr store (everything but the network).
 
     ``batch``: steps per forward (None: ``default_batch``); ``chunk``: steps per Zarr chunk of a new
-    store (None: the batch); an existing store keeps its chunks.
+    store (None: the batch); an existing store keeps its chunks. ``compile``: the fast path
+    (``compile_backend``): False/None eager, True or 'torch' ``torch.compile``, 'onnxruntime' ONNX Runtime.
     """
     path: str
     out_path: str
@@ -81,7 +101,7 @@ class ArchiveJob:
     tile_overlap: int = 0
     fp16: bool = False
     bf16: bool = False
-    compile: bool = False
+    compile: Union[bool, str, None] = False
     batch: Optional[int] = None
     chunk: Optional[int] = None
     max_pixels: Optional[int] = None
@@ -159,7 +179,7 @@ def run_record(job: ArchiveJob, src: GriddedSource, variables: Sequence[str], ch
         'checkpoint': checkpoint,
         'request': {'tag': request_tag(job.request), 'tile': job.tile,
                     'tile_overlap': job.tile_overlap if job.tile else None, 'fp16': job.fp16, 'bf16': job.bf16,
-                    'backend': 'compiled' if job.compile else 'eager'},
+                    'backend': _RECORDED_BACKEND[compile_backend(job.compile)]},
     }
 
 
@@ -296,17 +316,23 @@ def _remove_store(path: str) -> None:
 # --------------------------------------------------------------------------- computing chunks
 class Forward:
     """``(N, C, h, w) -> (N, C, H, W)`` for one job: eager ``run_network``, or with ``job.compile`` the
-    network frozen at the request and input size, channels-last, compiled once (``compiled.compile_frozen``).
+    network frozen at the request and input size and run at a fixed batch: channels-last and compiled once
+    (``compiled.compile_frozen``, 'torch'), or exported to ONNX and run by one ONNX Runtime session
+    (``onnx_backend.onnx_frozen``, 'onnxruntime'; on ``device``, with torch's number of threads).
     """
 
-    def __init__(self, net, job: ArchiveJob, in_hw: Tuple[int, int], batch: int):
+    def __init__(self, net, job: ArchiveJob, in_hw: Tuple[int, int], batch: int, device='cpu'):
         self.net, self.job, self.batch = net, job, batch
         kind, value = job.request
         self.scale, self.out_size = (value, None) if kind == 'scale' else (None, value)
         self.compiled = None
-        if job.compile:
+        backend = compile_backend(job.compile)
+        if backend == 'torch':
             from metasr_arch.inference.compiled import compile_frozen
             self.compiled = compile_frozen(net, job.request, in_hw, job)
+        elif backend == 'onnxruntime':
+            from metasr_arch.inference.onnx_backend import onnx_frozen
+            self.compiled = onnx_frozen(net, job.request, in_hw, batch, device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.compiled is not None:
@@ -330,7 +356,7 @@ def compute_chunk(net, job: ArchiveJob, source, plan: StorePlan, a: int, b: int,
     """
     from metasr_arch.utils.finite import NonFiniteError
     src, _, offset, scale, fill = source
-    forward = forward or Forward(net, job, plan.in_shape[1:], plan.batch)
+    forward = forward or Forward(net, job, plan.in_shape[1:], plan.batch, device)
     out = np.empty((b - a, len(plan.variables)) + plan.out_hw, dtype=np.float32)
     for s in range(a, b, plan.batch):
         e = min(s + plan.batch, b)
@@ -469,7 +495,7 @@ def upscale_archive(net, job: ArchiveJob, spec: NetworkSpec, overwrite: bool = F
         peak = runner(job, spec, plan, progress)
     else:
         src = open_source(net, job)
-        forward = Forward(net, job, plan.in_shape[1:], plan.batch) if plan.pending else None
+        forward = Forward(net, job, plan.in_shape[1:], plan.batch, device) if plan.pending else None
         for k in plan.pending:
             run_chunk(net, job, plan, k, src, forward, device, progress.update)
     text = progress.summary(peak)

@@ -92,8 +92,9 @@ def load_network(opt: Optional[str] = None, ckpt: Optional[str] = None, param_ke
         ckpt: checkpoint path (BasicSR format ``{'params': ..., 'params_ema': ...}``, ``.pth`` or ``.safetensors``).
         param_key: which weights to use; default ``params_ema`` when present, else ``params``.
         device: where the network goes.
-        allow_types: network types the user trusts beyond the plugin's (``--allow-arch``), for options
-            recorded in the checkpoint (``utils.trust.check_recorded_network``).
+        allow_types: network types the user trusts beyond the plugin's, for options recorded in the
+            checkpoint (``utils.trust.check_recorded_network``): the ``--allow-arch`` names and the archs
+            that ``--import MODULE`` registered (``utils.fork_imports``).
     Raises:
         ValueError (``UntrustedNetworkError``, ``NonFiniteError``, ...) naming the file and what is wrong.
     """

@@ -44,7 +44,8 @@ def _worker_chunk(job: ArchiveJob, spec: NetworkSpec, plan: StorePlan, k: int, t
     runs = _WORKER_STATE.setdefault('runs', {})
     key = (spec, job, plan.out_path)
     if key not in runs:
-        runs[key] = (open_source(net, job), Forward(net, job, plan.in_shape[1:], plan.batch))
+        # each worker process builds its own compiled function or ONNX Runtime session, once
+        runs[key] = (open_source(net, job), Forward(net, job, plan.in_shape[1:], plan.batch, torch.device(spec.device)))
     src, forward = runs[key]
     steps = run_chunk(net, job, plan, k, src, forward, torch.device(spec.device))
     return {'chunk': k, 'steps': steps, 'peak_rss': peak_rss_bytes(), 'pid': os.getpid()}

@@ -95,6 +95,7 @@ class MetaSRGANModel(MetaSRModel):
         # Under train.amp the generator and discriminator forwards and losses run in autocast; one
         # GradScaler serves both optimizers (updated once per iteration, as torch.amp recommends).
         stepped = False
+        self.trunk_freeze.update(current_iter)  # train.freeze_trunk_iters (models.finetune)
 
         # ---------------- generator
         _set_requires_grad(self.net_d, False)  # no D gradients from the G step

@@ -39,10 +39,11 @@ from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
-from metasr_arch.archs.metasr_base import start_at_bicubic
+from metasr_arch.archs.metasr_base import mark_residual_from_state, start_at_bicubic
 from metasr_arch.archs.periodic import bicubic_for, is_periodic_w
 from metasr_arch.losses.masked_loss import batch_mask, masked_pixel_loss
 from metasr_arch.metrics.weighted import masked_psnr, scoring_inputs
+from metasr_arch.models import finetune
 from metasr_arch.ops.geometry import parse_scale, resolve_scale
 from metasr_arch.utils.amp import all_finite, amp_dtype, amp_name, autocast, compile_for_training, parse_compile
 from metasr_arch.utils import data_position, rng_state
@@ -190,6 +191,7 @@ class MetaSRModel(SRModel):
 
     def __init__(self, opt: dict):
         check_metasr_options(opt)
+        finetune.skip_trunk_pretrained_when_loading(opt)
         if opt.get('val') is not None and not opt['val'].get('metrics'):
             opt['val']['metrics'] = deepcopy(DEFAULT_METRICS)
         self.current_iter = 0
@@ -399,7 +401,15 @@ class MetaSRModel(SRModel):
                 loss_dict[prefix + 'style'] = l_style
         return l_total, loss_dict
 
+    def setup_optimizers(self) -> None:
+        """BasicSR's, or head and trunk groups with ``train.trunk_lr_scale``; ``train.freeze_trunk_iters``
+        (``models.finetune``)."""
+        if not finetune.setup_generator_optimizer(self):
+            super().setup_optimizers()
+        self.trunk_freeze = finetune.attach_freeze(self)
+
     def optimize_parameters(self, current_iter: int) -> None:
+        self.trunk_freeze.update(current_iter)
         self.optimizer_g.zero_grad()
         with self.train_autocast():
             self.output = self.amp_float(self.net_forward(self.net_g_train, self.train_input(self.lq)))
@@ -726,7 +736,9 @@ class MetaSRModel(SRModel):
 
     def load_network(self, net: nn.Module, load_path: str, strict: bool = True, param_key: str = 'params') -> None:
         """BasicSR's ``load_network`` with ``weights_only=True`` (checkpoints hold tensors and plain options);
-        ``.safetensors`` files too (``read_network_checkpoint``)."""
+        ``.safetensors`` files too (``read_network_checkpoint``). Weights of a ``bicubic_skip`` network trained
+        from scratch make ``net`` a residual network first (``mark_residual_from_state``), so their
+        ``bicubic_residual`` flag is not reported as a key the network lacks."""
         logger = get_root_logger()
         net = self.get_bare_model(net)
         ckpt = read_network_checkpoint(load_path)
@@ -739,5 +751,6 @@ class MetaSRModel(SRModel):
             ckpt = ckpt[param_key]
         state = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in ckpt.items())
         logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
+        mark_residual_from_state(net, state)  # before BasicSR's key comparison
         self._print_different_keys_loading(net, state, strict)
         net.load_state_dict(state, strict=strict)

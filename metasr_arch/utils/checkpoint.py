@@ -1,8 +1,10 @@
 """Reading checkpoint files without executing pickled code (``.pth`` with ``weights_only=True`` and
 ``.safetensors``), and picking the weights out of them. Arch-free: building a network from a checkpoint
 is ``metasr_arch.inference.checkpoint``."""
+import os
 import pickle
-from typing import Dict, Optional, Tuple
+import zipfile
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -38,10 +40,50 @@ def load_checkpoint(path: str, name: str = '--ckpt') -> dict:
 
 def err_detail(err: BaseException) -> str:
     """The informative line of torch's weights-only refusal (which global it would have loaded)."""
+    if isinstance(err, NotWeightsOnlyError):
+        return err.detail
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     # torch's message: a generic first paragraph, then the offending global ("Unsupported global: ...")
     detail = [line for line in lines if 'Unsupported' in line or 'global' in line.lower()]
     return (detail or lines or [type(err).__name__])[0]
+
+
+class NotWeightsOnlyError(pickle.UnpicklingError):
+    """``torch.load(weights_only=True)`` refused ``filename``: it holds objects other than tensors, numbers
+    and plain containers (a pickle that would run code). Nothing in it ran. An ``UnpicklingError`` (what
+    torch raises) that names the file; ``filename`` is the file or ``'a file object'``."""
+
+    def __init__(self, filename: str, err: BaseException):
+        self.filename = filename
+        self.detail = err_detail(err)
+        super().__init__(f'{filename}: not a weights-only checkpoint: it holds objects other than tensors, '
+                         f'numbers and plain containers; refused, nothing in it ran ({self.detail})')
+
+
+def file_name(f: Any) -> str:
+    """The name of what ``torch.load`` was given: a path, or the ``name`` of a file object."""
+    if isinstance(f, (str, bytes, os.PathLike)):
+        return os.fsdecode(f)
+    return str(getattr(f, 'name', 'a file object'))
+
+
+def check_weights_only_file(path: str) -> None:
+    """Raise ``NotWeightsOnlyError`` naming ``path`` when a weights-only load would refuse it.
+
+    Safetensors files (no pickle) pass at once; a ``.pth`` zip file is unpickled with its tensors memory-mapped,
+    not read, so checking a large checkpoint costs little. Other read errors (a missing or damaged file) are
+    left to the load that follows, which reports them in context.
+    """
+    if is_safetensors_file(path):
+        return
+    try:
+        torch.load(path, map_location='cpu', weights_only=True, mmap=zipfile.is_zipfile(path))
+    except NotWeightsOnlyError:
+        raise
+    except pickle.UnpicklingError as err:
+        raise NotWeightsOnlyError(path, err) from None
+    except Exception:  # noqa: BLE001,S110 (not this check's concern: the real load reports it)
+        pass
 
 
 def _load_safetensors(path: str, name: str = '--ckpt') -> dict:

@@ -18,17 +18,19 @@ import sys
 import sysconfig
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 
 from metasr_arch.utils.atomic import WriteError
-from metasr_arch.utils.checkpoint import err_detail
+from metasr_arch.utils.checkpoint import NotWeightsOnlyError, check_weights_only_file, err_detail, file_name
+from metasr_arch.utils.fork_imports import import_arch_modules, pop_import_args
 from metasr_arch.utils.data_position import patch_enlarged_sampler
 from metasr_arch.utils.options import OptionError
 from metasr_arch.utils.options_check import check_options
 from metasr_arch.utils.options_yaml import adopt_numbers, load_options
+from metasr_arch.utils.trust import is_path_key
 
 # No arch is imported here (the ground floor): a fork patched by scripts/install_into_basicsr_fork.py
 # imports this module from its basicsr/__init__ (through train.py and test.py), which can run while
@@ -77,7 +79,8 @@ def weights_only_loads() -> Iterator[None]:
 
     BasicSR's own loads (resume states in ``train.py``, ``BaseModel.load_network``, VGG weights) predate
     ``weights_only`` and follow torch's default, which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (or a torch
-    older than 2.6) turns into full unpickling; within the plugin's pipelines no file can run code.
+    older than 2.6) turns into full unpickling; within the plugin's pipelines no file can run code. A file
+    refused raises ``NotWeightsOnlyError`` (an ``UnpicklingError``) naming it.
     """
     real = torch.load
     if getattr(real, '_metasr_weights_only', False):
@@ -87,7 +90,12 @@ def weights_only_loads() -> Iterator[None]:
     @functools.wraps(real)
     def load(f, map_location=None, *args, **kwargs):
         kwargs['weights_only'] = True
-        return real(f, map_location, *args, **kwargs)
+        try:
+            return real(f, map_location, *args, **kwargs)
+        except NotWeightsOnlyError:
+            raise
+        except pickle.UnpicklingError as err:  # torch's message does not say which file
+            raise NotWeightsOnlyError(file_name(f), err) from None
 
     load._metasr_weights_only = True
     torch.load = load
@@ -175,14 +183,48 @@ def _strict_read(is_train: bool):
     return raw
 
 
+def _network_files(opt) -> Iterator[Tuple[str, str]]:
+    """(option, file) for every existing file the options name for network weights: ``path.pretrain_network_*``
+    and path options (``load_path``, ...) anywhere inside ``network_*``."""
+    for key, value in ((opt.get('path') or {}).items()):
+        if isinstance(key, str) and key.startswith('pretrain_network') and isinstance(value, str):
+            yield f'path.{key}', value
+
+    def walk(node, where):
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            name = f'{where}[{key}]' if isinstance(key, int) else f'{where}.{key}'
+            if isinstance(value, str) and isinstance(key, str) and is_path_key(key):
+                yield name, value
+            else:
+                yield from walk(value, name)
+
+    for key, value in opt.items():
+        if isinstance(key, str) and key.startswith('network_'):
+            yield from walk(value, key)
+
+
+def check_network_files(opt) -> None:
+    """Refuse, before anything is created on disk, network weights that a weights-only load would refuse
+    (``OptionError`` naming the option and the file). A fork's BasicSR loads them with torch's default
+    loader, which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` makes unpickle everything: this check runs first."""
+    for option, path in _network_files(opt):
+        if os.path.isfile(path):
+            try:
+                check_weights_only_file(path)
+            except NotWeightsOnlyError as err:
+                raise OptionError(f'{option}: {err}') from None
+
+
 def checked_parse_options(original: Callable) -> Callable:
     """Wrap a BasicSR ``parse_options(root_path, is_train)`` with the whole-file options check.
 
     Before BasicSR reads anything, the ``-opt`` file is read with the number grammar
     (``utils.options_yaml``) and checked (``utils.options_check``); after BasicSR's parsing (``--force_yml``
     applied) the result is checked again and grammar numbers YAML 1.1 left as text (``1e-4``) become
-    floats. A problem ends the process with ``error: ...`` and exit status 2, before anything is created
-    on disk. A root inside site-packages (``python -m basicsr.train``) is replaced by ``experiment_root()``.
+    floats; network weights the options name are checked to load weights-only (``check_network_files``).
+    A problem ends the process with ``error: ...`` and exit status 2, before anything is created on disk.
+    A root inside site-packages (``python -m basicsr.train``) is replaced by ``experiment_root()``.
     """
     if getattr(original, '_metasr_patched', False):
         return original
@@ -197,6 +239,7 @@ def checked_parse_options(original: Callable) -> Callable:
             if raw is not None:
                 adopt_numbers(opt, raw)
             check_options(opt, is_train)
+            check_network_files(opt)
         except OptionError as err:  # a whole-run problem: a message, no traceback, exit status 2
             print(f'error: {err}', file=sys.stderr)
             raise SystemExit(2) from None
@@ -294,20 +337,29 @@ def run_pipeline(pipeline: Callable[[str], None], argv: Optional[Sequence[str]] 
     """Run a BasicSR pipeline (it parses ``sys.argv``) with the plugin registered.
 
     Every ``torch.load`` in the pipeline reads weights only; problems of the whole run (an unknown
-    network option, a refused resume state) end with ``error: ...`` and exit status 2.
+    network option, a refused resume state or pretrained network) end with ``error: ...`` and exit status 2;
+    a file refused later in the run (a resumed run's checkpoint) with ``error: ...`` and exit status 1.
+    ``--import MODULE`` (repeatable) imports a module that registers archs (a fork's) before the options
+    are read.
     """
-    if argv is not None:
-        sys.argv = [sys.argv[0]] + list(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     patch_init_dist()
     patch_load_resume_state()
     patch_parse_options()
     patch_enlarged_sampler()
     try:
+        # --import MODULE (a fork's archs, by the user's consent) is ours: BasicSR's parser never sees it
+        args, modules = pop_import_args(args)
+        import_arch_modules(modules)
+        sys.argv = [sys.argv[0]] + args
         with weights_only_loads():
             pipeline(experiment_root())
     except OptionError as err:  # a whole-run problem: a message, no traceback, exit status 2
         print(f'error: {err}', file=sys.stderr)
         raise SystemExit(2) from None
+    except NotWeightsOnlyError as err:  # refused mid-run (checked options name no such file): nothing in it ran
+        print(f'error: {err}', file=sys.stderr)
+        raise SystemExit(1) from None
     except OSError as err:  # a file the run must write (or read) is out of reach: one line naming it
         if not isinstance(err, WriteError) and err.errno not in WRITE_FAULTS:
             raise

@@ -22,6 +22,9 @@ def _closest(word: str, choices: Sequence[str]) -> str:
     return f'; did you mean {match[0]!r}?' if match else ''
 
 
+closest_hint = _closest  # '; did you mean ...?' for other modules' messages
+
+
 def check_network_options(net_opt: Mapping, section: str = 'network_g') -> None:
     """Check ``net_opt`` (``{'type': ..., **kwargs}``) against its registered class's ``__init__``.
 
@@ -54,6 +57,10 @@ def check_network_options(net_opt: Mapping, section: str = 'network_g') -> None:
                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in net_opt]
     if missing:
         raise OptionError(f'{section}: {net_type} needs option(s) {", ".join(missing)}')
+    # nested sections (MetaSR's trunk/head): the class checks them, naming e.g. network_g.trunk
+    nested = getattr(ARCH_REGISTRY.get(net_type), 'check_nested_options', None)
+    if callable(nested):
+        nested(net_opt, section)
 
 
 def check_network_sections(opt: Mapping) -> None:

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping
 logger = logging.getLogger(__name__)
 
 # the plugin's Meta networks: what a checkpoint's recorded network_opt may build at its top level
-TRUSTED_NETWORK_TYPES = frozenset({'MetaRDN', 'SwinIRMeta', 'FixedScaleRDN', 'MetaSR'})
+TRUSTED_NETWORK_TYPES = frozenset({'MetaRDN', 'SwinIRMeta', 'FixedScaleRDN', 'MetaSR', 'FixedScaleNet'})
 # BasicSR's own SR networks: allowed as nested trunks (MetaSR's ``trunk: {type: EDSR, ...}``)
 TRUSTED_TRUNK_TYPES = frozenset({'EDSR', 'RCAN', 'RRDBNet', 'MSRResNet', 'SRVGGNetCompact', 'SwinIR'})
 DROPPED_KEYS = ('trunk_pretrained',)
@@ -85,7 +85,7 @@ def check_recorded_network(network_opt: Mapping, source: str, allow: Iterable[st
         raise UntrustedNetworkError(
             f'{source}: network type {top!r} is not one of the plugin\'s networks '
             f'({", ".join(sorted(TRUSTED_NETWORK_TYPES))}); a checkpoint builds only these unless you trust '
-            f'its type with --allow-arch {top if isinstance(top, str) else "NAME"}')
+            f'its type: {_how_to_trust(top if isinstance(top, str) else "NAME")}')
     opt = deepcopy(dict(network_opt))
     drop_pretrained(opt, 'network_opt', source)
     _check_node(opt, 'network_opt', source, TRUSTED_NETWORK_TYPES | TRUSTED_TRUNK_TYPES | allow)
@@ -117,7 +117,7 @@ def _check_node(opt: dict, where: str, source: str, trusted: frozenset) -> None:
         raise UntrustedNetworkError(
             f'{source}: {where}.type {opt["type"]!r} is not a trusted network; nested types must be the '
             f'plugin\'s or BasicSR\'s SR networks ({", ".join(sorted(TRUSTED_TRUNK_TYPES))}) unless you '
-            f'trust it with --allow-arch {opt["type"]}')
+            f'trust it: {_how_to_trust(opt["type"])}')
     for key, value in opt.items():
         name = f'{where}.{key}'
         if is_path_key(key) and value not in (None, False, ''):
@@ -137,3 +137,12 @@ def _check_value(value: Any, name: str, source: str, trusted: frozenset) -> None
         raise UntrustedNetworkError(
             f'{source}: {name} = {value!r} looks like a file path; options recorded in a checkpoint may not '
             'name files (the checkpoint holds every weight); give the options with --opt to use it')
+
+
+def _how_to_trust(net_type: str) -> str:
+    """The flag that trusts ``net_type``: ``--allow-arch`` when it is registered, else ``--import``."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+    if net_type in ARCH_REGISTRY:
+        return f'--allow-arch {net_type}'
+    return (f'{net_type!r} is not a registered architecture; --import MODULE (the fork\'s or package\'s module '
+            f'that registers it, e.g. --import hat.archs) or --allow-arch {net_type} after importing it')

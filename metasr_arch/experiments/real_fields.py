@@ -34,11 +34,11 @@ FIELDS = {
     'sst': ('sst_ndjfm_anom.nc', 'sst', [0, 40], [40, 50], [9, 15], [18, 30], (36, 60)),
     'hgt': ('hgt_djf.nc', 'z', [0, 55], [55, 65], [15, 25], [29, 49], (58, 98)),
 }
-# fields whose short training must beat bicubic: the masked SST. The 500 hPa height is so smooth at this
-# spacing that bicubic's error is about 1 m of 5000 m, which a few hundred iterations do not reach; that
-# file is here for its grid (a 20..90 N sector, bounds, a size-1 pressure axis) and its numbers are
-# reported as they are.
-MUST_BEAT_BICUBIC = ('sst',)
+# fields whose short training must beat bicubic: both. The 500 hPa height is so smooth at this spacing that
+# bicubic's error is about 1 m of 5000 m (0.005 of the field's standard deviation); 300 iterations get below
+# it because under bicubic_skip the network's residual branch starts at exactly zero (zero_init_residual),
+# so the model starts at bicubic (before that, the same options ended at 5.4 m against bicubic's 1.35 m).
+MUST_BEAT_BICUBIC = ('sst', 'hgt')
 
 
 def eofs_file(name: str) -> str:
@@ -161,12 +161,14 @@ def run(out_dir: str, iters: int = 300, fields=('sst', 'hgt'),
         exp = Path(out_dir) / 'experiments' / f'real_{key}'
         record = json.loads((exp / 'metrics.jsonl').read_text().splitlines()[-1])
         infer_dir = os.path.join(out_dir, f'infer_{key}')
+        os.makedirs(infer_dir, exist_ok=True)
+        # a NetCDF file named as such: an output folder gets Zarr, the default for gridded inputs
+        out_nc = os.path.join(infer_dir, f'{Path(fname).stem}_{size[0]}x{size[1]}.nc')
         log(f'{key}: upscaling the validation winters to {size[0]} x {size[1]}')
         infer_s = _run(['metasr_arch.infer', eofs_file(fname), '--ckpt', str(exp / 'models' / 'net_g_latest.pth'),
                         '--size', f'{size[0]}x{size[1]}', '--time', str(val_steps[0]), str(val_steps[1]),
-                        '-o', infer_dir, '--quiet', '--device', 'cpu', '--overwrite'],
+                        '-o', out_nc, '--quiet', '--device', 'cpu', '--overwrite'],
                        out_dir, os.path.join(out_dir, f'infer_{key}.log'))
-        out_nc = os.path.join(infer_dir, f'{Path(fname).stem}_{size[0]}x{size[1]}.nc')
         results[key] = {
             'file': fname, 'variable': var, 'iters': iters, 'train_seconds': round(train_s, 1),
             'infer_seconds': round(infer_s, 1), 'scale': record['scale'],

@@ -5,8 +5,8 @@ Usage::
     python scripts/experiments/real_fields.py --out experiments/real_fields            # both fields
     python scripts/experiments/real_fields.py --out DIR --iters 100 --fields sst       # a quick look
 
-Writes ``DIR/real_fields.md`` and ``DIR/real_fields.json`` and exits 1 when the SST model does not beat
-bicubic (latitude-weighted RMSE at valid points) or an output check fails. What is trained and checked:
+Writes ``DIR/real_fields.md`` and ``DIR/real_fields.json`` and exits 1 when a field's model does not
+beat bicubic (latitude-weighted RMSE at valid points) or an output check fails. What is trained and checked:
 ``metasr_arch/experiments/real_fields.py``.
 """
 import argparse

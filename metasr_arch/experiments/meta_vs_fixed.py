@@ -313,8 +313,9 @@ def check_manifest(out_dir: str, settings: Dict) -> None:
     _atomic_write_text(path, json.dumps(settings, indent=1) + '\n')
 
 
-def _pipeline(module: str, options: str, out_dir: str, log_path: str, extra: Sequence[str] = ()) -> float:
-    """Run ``python -m <module> -opt <options>`` with experiments/results under ``out_dir``; seconds taken.
+def run_module(args: Sequence[str], out_dir: str, log_path: str) -> float:
+    """Run ``python -m <args...>`` in ``out_dir`` with experiments/results under it (``METASR_ROOT``),
+    appending its output to ``log_path``; seconds taken.
 
     Raises:
         RuntimeError with the log's last lines when the command fails.
@@ -322,13 +323,18 @@ def _pipeline(module: str, options: str, out_dir: str, log_path: str, extra: Seq
     env = dict(os.environ, METASR_ROOT=out_dir)
     start = time.time()
     with open(log_path, 'a', encoding='utf-8') as log:
-        run = subprocess.run([sys.executable, '-m', module, '-opt', options, *extra], cwd=out_dir, env=env,
-                             stdout=log, stderr=subprocess.STDOUT)
+        run = subprocess.run([sys.executable, '-m', *args], cwd=out_dir, env=env, stdout=log,
+                             stderr=subprocess.STDOUT)
     if run.returncode != 0:
         with open(log_path, encoding='utf-8', errors='replace') as f:
             tail = ''.join(f.readlines()[-20:])
-        raise RuntimeError(f'{module} -opt {options} failed (exit {run.returncode}); log {log_path}:\n{tail}')
+        raise RuntimeError(f'python -m {" ".join(args)} failed (exit {run.returncode}); log {log_path}:\n{tail}')
     return time.time() - start
+
+
+def _pipeline(module: str, options: str, out_dir: str, log_path: str, extra: Sequence[str] = ()) -> float:
+    """``run_module`` of ``python -m <module> -opt <options> [extra]``."""
+    return run_module([module, '-opt', options, *extra], out_dir, log_path)
 
 
 def _evaluated(out_dir: str, spec: ModelSpec) -> bool:

@@ -18,15 +18,13 @@ and the time bounds survive. ``run`` returns the numbers and checks; the script
 """
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import numpy as np
 import yaml
 
+from metasr_arch.experiments.meta_vs_fixed import run_module
 from metasr_arch.utils.atomic import atomic_write_bytes
 
 # name: (file, variable, train steps [start, stop), val steps, LR size, GT grid, inference size)
@@ -81,18 +79,6 @@ def train_options(key: str, iters: int) -> Dict:
             'wbias': {'type': 'calculate_weighted_bias'}, 'psnr': {'type': 'calculate_psnr', 'crop_border': 0}}},
         'logger': {'print_freq': max(iters // 5, 1), 'save_checkpoint_freq': iters, 'use_tb_logger': False},
     }
-
-
-def _run(args, cwd: str, log_path: str) -> float:
-    start = time.time()
-    env = {**os.environ, 'METASR_ROOT': cwd}
-    with open(log_path, 'w') as log:
-        proc = subprocess.run([sys.executable, '-m', *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        with open(log_path, encoding='utf-8', errors='replace') as f:
-            tail = ''.join(f.readlines()[-20:])
-        raise RuntimeError(f'python -m {" ".join(args)} failed (exit {proc.returncode}); log {log_path}:\n{tail}')
-    return time.time() - start
 
 
 def _same(a: Dict, b: Dict) -> bool:
@@ -157,7 +143,8 @@ def run(out_dir: str, iters: int = 300, fields=('sst', 'hgt'),
         opt_path = os.path.join(out_dir, f'real_{key}.yml')
         atomic_write_bytes(opt_path, yaml.safe_dump(opt, sort_keys=False).encode())
         log(f'{key}: training {iters} iterations ({fname})')
-        train_s = _run(['metasr_arch.train', '-opt', opt_path], out_dir, os.path.join(out_dir, f'train_{key}.log'))
+        train_s = run_module(['metasr_arch.train', '-opt', opt_path], out_dir,
+                             os.path.join(out_dir, f'train_{key}.log'))
         exp = Path(out_dir) / 'experiments' / f'real_{key}'
         record = json.loads((exp / 'metrics.jsonl').read_text().splitlines()[-1])
         infer_dir = os.path.join(out_dir, f'infer_{key}')
@@ -165,10 +152,11 @@ def run(out_dir: str, iters: int = 300, fields=('sst', 'hgt'),
         # a NetCDF file named as such: an output folder gets Zarr, the default for gridded inputs
         out_nc = os.path.join(infer_dir, f'{Path(fname).stem}_{size[0]}x{size[1]}.nc')
         log(f'{key}: upscaling the validation winters to {size[0]} x {size[1]}')
-        infer_s = _run(['metasr_arch.infer', eofs_file(fname), '--ckpt', str(exp / 'models' / 'net_g_latest.pth'),
-                        '--size', f'{size[0]}x{size[1]}', '--time', str(val_steps[0]), str(val_steps[1]),
-                        '-o', out_nc, '--quiet', '--device', 'cpu', '--overwrite'],
-                       out_dir, os.path.join(out_dir, f'infer_{key}.log'))
+        infer_s = run_module(['metasr_arch.infer', eofs_file(fname), '--ckpt',
+                              str(exp / 'models' / 'net_g_latest.pth'), '--size', f'{size[0]}x{size[1]}',
+                              '--time', str(val_steps[0]), str(val_steps[1]), '-o', out_nc, '--quiet',
+                              '--device', 'cpu', '--overwrite'],
+                             out_dir, os.path.join(out_dir, f'infer_{key}.log'))
         results[key] = {
             'file': fname, 'variable': var, 'iters': iters, 'train_seconds': round(train_s, 1),
             'infer_seconds': round(infer_s, 1), 'scale': record['scale'],

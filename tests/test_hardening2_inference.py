@@ -18,7 +18,6 @@ import torch
 from safetensors.torch import save_file
 
 from metasr_arch.archs.fixed_rdn_arch import FixedScaleRDN
-from metasr_arch.archs.metardn_arch import MetaRDN
 from metasr_arch.archs.swinir_meta_arch import SwinIRMeta
 from metasr_arch.export import main as export_main
 from metasr_arch.infer import main as infer_main

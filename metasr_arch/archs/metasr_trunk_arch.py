@@ -10,7 +10,7 @@ the trunk from a fixed-scale BasicSR checkpoint of the plain arch (``load_trunk_
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F

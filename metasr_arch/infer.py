@@ -51,7 +51,8 @@ import torch
 from metasr_arch.archs.meta_upsample_arch import MODULE_IMPLS
 from metasr_arch.utils.amp import autocast_supported
 from metasr_arch.inference.checkpoint import load_network, network_channels, set_impl
-from metasr_arch.inference.archive import COMPILE_BACKENDS, ArchiveJob, NetworkSpec, upscale_archive
+from metasr_arch.inference.archive import (AUTO_COMPILE_MIN_STEPS, COMPILE_BACKENDS, ArchiveJob, NetworkSpec,
+                                          upscale_archive)
 from metasr_arch.utils import fork_imports
 from metasr_arch.inference.gridded import upscale_gridded
 from metasr_arch.utils.gridded_io import is_gridded_path, parse_time_arg
@@ -178,11 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help='NetCDF/Zarr inputs: time steps per forward (default: from the memory estimate, at most '
                         '16); images and arrays: up to N same-size files per forward (default 1); outputs equal '
                         'those of one at a time to float32 rounding')
-    p.add_argument('--compile', nargs='?', const=COMPILE_BACKENDS[0], default=None, choices=COMPILE_BACKENDS,
-                   metavar='{torch,onnxruntime}',
-                   help='NetCDF/Zarr inputs: freeze the network at the request and input size and run it fast, built '
-                        'once per run (worth it for many steps): torch (bare --compile: torch.compile, channels-last) '
-                        'or onnxruntime (exported to ONNX in a temporary file, one ONNX Runtime session)')
+    p.add_argument('--compile', nargs='?', const=COMPILE_BACKENDS[0], default=None,
+                   choices=COMPILE_BACKENDS + ('off',), metavar='{torch,onnxruntime,off}',
+                   help='NetCDF/Zarr inputs to Zarr: freeze the network at the request and input size and run it '
+                        'fast, built once per run: torch (bare --compile: torch.compile, channels-last) or onnxruntime '
+                        '(exported to ONNX in a temporary file, one ONNX Runtime session); off: eager. Default: '
+                        f'onnxruntime for runs of {AUTO_COMPILE_MIN_STEPS} or more steps on the CPU in float32 when '
+                        'ONNX Runtime is installed (the fastest measured), eager otherwise')
     p.add_argument('--dask', default=None, metavar='local:N|ADDRESS',
                    help="NetCDF/Zarr inputs to Zarr: run blocks of time steps on Dask, on a LocalCluster of N "
                         "worker processes ('local:2') or an existing scheduler ('tcp://host:8786')")
@@ -201,7 +204,7 @@ def _bare_compile(argv: Sequence[str]) -> List[str]:
         if arg != '--compile':
             continue
         nxt = argv[i + 1] if i + 1 < len(argv) else None
-        if nxt is None or nxt.startswith('-') or nxt not in COMPILE_BACKENDS and (
+        if nxt is None or nxt.startswith('-') or nxt not in COMPILE_BACKENDS + ('off',) and (
                 Path(nxt).exists() or any(ch in nxt for ch in './' + os.sep)):
             argv[i] = f'--compile={COMPILE_BACKENDS[0]}'
     return argv
@@ -211,6 +214,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     """Parse and validate the command line (argparse exits with status 2 on bad arguments)."""
     parser = build_parser()
     args = parser.parse_args(_bare_compile(sys.argv[1:] if argv is None else argv))
+    if args.compile == 'off':  # eager, also for long runs (the default picks a fast path there)
+        args.compile = False
     requests: List[Request] = []
     try:
         requests += [('scale', parse_scale_text(s)) for s in args.scale]
@@ -314,7 +319,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     if out.suffix == '.zarr':  # streamed, batched, resumable (inference.archive)
                         job = ArchiveJob(str(path), str(out), request, tuple(args.var) if args.var else None,
                                          tuple(time_slice) if time_slice else None, args.tile, args.tile_overlap,
-                                         args.fp16, args.bf16, args.compile, args.batch, None, args.max_pixels)
+                                         args.fp16, args.bf16, 'auto' if args.compile is None else args.compile,
+                                         args.batch, None, args.max_pixels)
                         if args.dask:
                             from metasr_arch.inference.dask_runner import upscale_on_dask
                             upscale_on_dask(net, job, spec, args.dask, args.overwrite, args.quiet, here)

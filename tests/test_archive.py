@@ -398,3 +398,27 @@ def test_netcdf_output_above_the_limit_is_refused_pointing_to_zarr(setup, monkey
     assert 'write a Zarr store instead' in capsys.readouterr().err and not (tmp / 'o.nc').exists()
     monkeypatch.setattr(gridded, 'NETCDF_MAX_BYTES', 7 * 2 * 15 * 32 * 4)
     assert run(tmp / 'in.nc', '--ckpt', tmp / 'net.pth', '--size', '15x32', '-o', tmp / 'o.nc') == 0
+
+
+def test_default_fast_path_is_onnxruntime_for_long_runs_only(tmp_path):
+    """Without --compile a run of AUTO_COMPILE_MIN_STEPS steps or more goes through ONNX Runtime (the fastest
+    measured path) and equals the eager reference; a shorter run, or --compile off, stays eager."""
+    pytest.importorskip('onnxruntime')
+    net = make_ckpt(tmp_path / 'net.pth')
+    n = archive.AUTO_COMPILE_MIN_STEPS
+    long_ds = make_input(tmp_path / 'long.nc', n)
+    base = ['--ckpt', tmp_path / 'net.pth', '--size', '15x32', '--batch', '4']
+
+    def backend(path):
+        return json.loads(xr.open_zarr(path).attrs[archive.RUN_ATTR])['request']['backend']
+
+    assert run(tmp_path / 'long.nc', *base, '-o', tmp_path / 'long.zarr') == 0
+    assert backend(tmp_path / 'long.zarr') == 'onnxruntime'
+    want = reference(net, long_ds, (15, 32))
+    np.testing.assert_allclose(fields(tmp_path / 'long.zarr'), want, rtol=0, atol=1e-4 * np.ptp(want))
+    assert run(tmp_path / 'long.nc', *base, '-o', tmp_path / 'off.zarr', '--compile', 'off') == 0
+    assert backend(tmp_path / 'off.zarr') == 'eager'
+    assert run(tmp_path / 'long.nc', *base, '--time', '0', str(n - 1), '-o', tmp_path / 'short.zarr') == 0
+    assert backend(tmp_path / 'short.zarr') == 'eager'
+    # the same command again resumes the store: the choice is the same, so the record matches
+    assert run(tmp_path / 'long.nc', *base, '-o', tmp_path / 'long.zarr') == 0

@@ -176,9 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--time', nargs='+', default=None, metavar='T',
                    help='NetCDF/Zarr inputs: a time label (1970-11) or position, or START STOP (default: all)')
     p.add_argument('--batch', type=int, default=None, metavar='N',
-                   help='NetCDF/Zarr inputs: time steps per forward (default: from the memory estimate, at most '
-                        '16); images and arrays: up to N same-size files per forward (default 1); outputs equal '
-                        'those of one at a time to float32 rounding')
+                   help='NetCDF/Zarr inputs: time steps per forward (default: from the memory estimate, on the CPU '
+                        'under 64 MiB a forward, at most 16); images and arrays: up to N same-size files per '
+                        'forward (default 1); outputs equal those of one at a time to float32 rounding')
     p.add_argument('--compile', nargs='?', const=COMPILE_BACKENDS[0], default=None,
                    choices=COMPILE_BACKENDS + ('off',), metavar='{torch,onnxruntime,off}',
                    help='NetCDF/Zarr inputs to Zarr: freeze the network at the request and input size and run it '

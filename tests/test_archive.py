@@ -283,6 +283,12 @@ def test_default_batch_follows_the_memory_estimate(setup, monkeypatch):
     assert archive.default_batch(net, (2, 96, 144), (721, 1440), 'cpu', 1000) == 1
     monkeypatch.setenv('METASR_MEMORY_LIMIT', 'off')
     assert archive.default_batch(net, (2, 8, 16), (15, 32), 'cpu', 1000) == archive.MAX_DEFAULT_BATCH
+    # on the CPU a forward's estimate stays under CPU_BATCH_BYTES whatever the memory (batch 16 of a big
+    # grid measured 2.5x slower than batch 1)
+    monkeypatch.setattr(archive, 'CPU_BATCH_BYTES', per_step * 5 + 1)
+    assert archive.default_batch(net, (2, 96, 144), (721, 1440), 'cpu', 1000) == 5
+    monkeypatch.setattr(archive, 'CPU_BATCH_BYTES', per_step - 1)
+    assert archive.default_batch(net, (2, 96, 144), (721, 1440), 'cpu', 1000) == 1
 
 
 def test_progress_log_lines_and_summary():

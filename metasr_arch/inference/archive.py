@@ -43,6 +43,10 @@ DONE_DIR = '.metasr_done'
 # the memory limit, and at most MAX_DEFAULT_BATCH steps: beyond that a CPU gains nothing per step.
 BATCH_MEMORY_SHARE = 0.25
 MAX_DEFAULT_BATCH = 16
+# On the CPU a batch pays only while one forward's working set stays small: measured side by side
+# (BENCHMARKS.md, archive-scale inference), 64 steps of 96 x 144 -> 721 x 1440 (head estimate 69 MiB a
+# step) took 90 s at batch 1 and 225 s at batch 16. The CPU default keeps a forward's estimate under this.
+CPU_BATCH_BYTES = 64 * 2**20
 # ``--compile`` backends; a bare ``--compile`` is the first
 COMPILE_BACKENDS = ('torch', 'onnxruntime')
 # The default (``compile='auto'``): ONNX Runtime for runs of at least this many same-size steps on the CPU.
@@ -202,13 +206,16 @@ def check_record(stored: Dict, record: Dict, out_path: str) -> None:
 # --------------------------------------------------------------------------- planning the store
 def default_batch(net, in_shape: Tuple[int, int, int], out_hw: Tuple[int, int], device, steps: int) -> int:
     """Steps per forward: the most (up to MAX_DEFAULT_BATCH and ``steps``) whose ``memory.head_bytes``
-    estimate stays within BATCH_MEMORY_SHARE of the memory limit (``memory.memory_limit``)."""
+    estimate stays within BATCH_MEMORY_SHARE of the memory limit (``memory.memory_limit``) and, on the CPU,
+    within CPU_BATCH_BYTES (at least 1)."""
     from metasr_arch.archs.meta_upsample_arch import MetaUpsample
     head = next((m for m in net.modules() if isinstance(m, MetaUpsample)), None)
     c_in, c_out, k = (head.in_channels, head.out_channels, head.kernel_size) if head else (0, in_shape[0], 1)
     per_step = head_bytes(1, c_in, c_out, in_shape[1], in_shape[2], out_hw[0], out_hw[1], k)
     limit, _ = memory_limit(device)
     fits = MAX_DEFAULT_BATCH if limit is None else int(BATCH_MEMORY_SHARE * limit // max(per_step, 1))
+    if torch.device(device).type == 'cpu':
+        fits = min(fits, int(CPU_BATCH_BYTES // max(per_step, 1)))
     return max(1, min(MAX_DEFAULT_BATCH, steps, fits))
 
 

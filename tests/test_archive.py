@@ -428,3 +428,22 @@ def test_default_fast_path_is_onnxruntime_for_long_runs_only(tmp_path):
     assert backend(tmp_path / 'short.zarr') == 'eager'
     # the same command again resumes the store: the choice is the same, so the record matches
     assert run(tmp_path / 'long.nc', *base, '-o', tmp_path / 'long.zarr') == 0
+
+
+def test_nonfinite_network_output_is_never_written_to_netcdf(setup, monkeypatch, capsys):
+    """A network that gives NaN at valid points fails that input by name (exit 1) and writes no NetCDF."""
+    import metasr_arch.inference.gridded as gridded
+    tmp, _, _ = setup
+    real = gridded.run_network
+
+    def nan_network(*args, **kwargs):
+        y = real(*args, **kwargs)
+        y[..., 0, 0] = float('nan')
+        return y
+
+    monkeypatch.setattr(gridded, 'run_network', nan_network)
+    assert run(tmp / 'in.nc', '--ckpt', tmp / 'net.pth', '--size', '15x32', '-o', tmp / 'out.nc') == 1
+    assert 'NonFiniteError' in capsys.readouterr().err and not (tmp / 'out.nc').exists()
+    monkeypatch.setattr(gridded, 'run_network', real)
+    assert run(tmp / 'in.nc', '--ckpt', tmp / 'net.pth', '--size', '15x32', '-o', tmp / 'out.nc') == 0
+    assert np.isfinite(xr.open_dataset(tmp / 'out.nc')['u'].values).all()

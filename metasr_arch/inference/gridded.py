@@ -16,6 +16,7 @@ from metasr_arch.archs.periodic import is_periodic_w
 from metasr_arch.inference.runner import check_max_pixels, run_network
 from metasr_arch.ops.geometry import resolve_scale
 from metasr_arch.utils.gridded_io import GriddedSource, normalization_affine, output_grid, write_netcdf
+from metasr_arch.utils.finite import NonFiniteError, nonfinite_summary
 from metasr_arch.utils.gridded_mask import apply_mask, fill_missing, output_valid
 from metasr_arch.utils.memory import format_bytes
 from metasr_arch.utils.options import OptionError
@@ -133,7 +134,11 @@ def upscale_gridded(net, path: str, request, device, out_path: str, variables: O
             check_max_pixels(x.shape, request, max_pixels)
         x = torch.from_numpy(x)[None].to(device)
         y = run_network(net, x, value if kind == 'scale' else None, value if kind == 'size' else None, tile,
-                        tile_overlap, fp16, bf16)[0].cpu().numpy().astype(np.float64)
+                        tile_overlap, fp16, bf16)[0]
+        summary = nonfinite_summary(y)  # the Zarr path refuses the same (archive.compute_chunk)
+        if summary:
+            raise NonFiniteError(f'the network gave {summary} for time step {i}; {out_path} is not written')
+        y = y.cpu().numpy().astype(np.float64)
         outs.append(finish_step(y * scale[:, None, None] + offset[:, None, None], valid_in, src))
     fields = np.stack(outs)
     out_lat, out_lon = output_grid(src, fields.shape[-2], fields.shape[-1])
